@@ -1,0 +1,166 @@
+//! AES-256-GCM encryption of one image under its own key.
+//!
+//! An encrypted file holds only the ciphertext of the format byte followed by the image; the key,
+//! IV and tag live in the record's `meta`, as pixstore 3.x lays them out, so 3.x browsers decrypt
+//! our files and we decrypt theirs.
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use rand::RngCore;
+
+use super::error::{Error, ErrorKind, Result};
+
+pub const KEY_LEN: usize = 32;
+pub const IV_LEN: usize = 12;
+pub const TAG_LEN: usize = 16;
+
+/// What decrypts one file: the `meta` of a record.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Meta {
+  pub key: [u8; KEY_LEN],
+  pub iv: [u8; IV_LEN],
+  pub tag: [u8; TAG_LEN],
+}
+
+// Key material never reaches a log through `{:?}`.
+impl std::fmt::Debug for Meta {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("Meta { .. }")
+  }
+}
+
+impl Meta {
+  /// The `meta` column's JSON text: `{"key":…,"iv":…,"tag":…}`, standard base64 with padding.
+  pub fn to_json(&self) -> String {
+    // Base64 needs no JSON escaping; the key order is 3.x's.
+    format!(
+      r#"{{"key":"{}","iv":"{}","tag":"{}"}}"#,
+      self.key_base64(),
+      self.iv_base64(),
+      self.tag_base64()
+    )
+  }
+
+  /// Reads a `meta` column. `id` only names the record in the error.
+  pub fn from_json(text: &str, id: &str) -> Result<Self> {
+    let corrupt = |why: &str| {
+      Error::new(
+        ErrorKind::Integrity,
+        format!("The record of image {id} has an unreadable meta column: {why}"),
+      )
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| corrupt("not JSON"))?;
+    let field = |name: &str, len: usize| -> Result<Vec<u8>> {
+      let text = value
+        .get(name)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| corrupt(&format!("no {name} string")))?;
+      let bytes = BASE64
+        .decode(text)
+        .map_err(|_| corrupt(&format!("{name} is not base64")))?;
+      if bytes.len() != len {
+        return Err(corrupt(&format!("{name} is not {len} bytes")));
+      }
+      Ok(bytes)
+    };
+
+    Ok(Meta {
+      key: field("key", KEY_LEN)?.try_into().expect("length checked"),
+      iv: field("iv", IV_LEN)?.try_into().expect("length checked"),
+      tag: field("tag", TAG_LEN)?.try_into().expect("length checked"),
+    })
+  }
+
+  pub fn key_base64(&self) -> String {
+    BASE64.encode(self.key)
+  }
+
+  pub fn iv_base64(&self) -> String {
+    BASE64.encode(self.iv)
+  }
+
+  pub fn tag_base64(&self) -> String {
+    BASE64.encode(self.tag)
+  }
+}
+
+/// Encrypts the format byte and `image` under a fresh key and IV.
+pub fn seal(format_byte: u8, image: &[u8]) -> (Vec<u8>, Meta) {
+  let mut key = [0u8; KEY_LEN];
+  let mut iv = [0u8; IV_LEN];
+  let mut rng = rand::rng();
+  rng.fill_bytes(&mut key);
+  rng.fill_bytes(&mut iv);
+
+  let mut buffer = Vec::with_capacity(image.len() + 1);
+  buffer.push(format_byte);
+  buffer.extend_from_slice(image);
+
+  let cipher = Aes256Gcm::new(&key.into());
+  let tag = cipher
+    .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut buffer)
+    .expect("AES-GCM encrypts any buffer shorter than 64 GiB");
+
+  (
+    buffer,
+    Meta {
+      key,
+      iv,
+      tag: tag.into(),
+    },
+  )
+}
+
+/// Decrypts a file's ciphertext in place and splits off the format byte. A wrong key, a changed
+/// byte or a cut-off file fails the tag check.
+pub fn open(mut ciphertext: Vec<u8>, meta: &Meta) -> std::result::Result<(u8, Vec<u8>), ()> {
+  let cipher = Aes256Gcm::new(&meta.key.into());
+  cipher
+    .decrypt_in_place_detached(
+      Nonce::from_slice(&meta.iv),
+      b"",
+      &mut ciphertext,
+      Tag::from_slice(&meta.tag),
+    )
+    .map_err(|_| ())?;
+
+  if ciphertext.is_empty() {
+    return Err(());
+  }
+  let format_byte = ciphertext.remove(0);
+  Ok((format_byte, ciphertext))
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn seal_then_open_round_trips() {
+    let image = b"\x89PNG not really".to_vec();
+    let (ciphertext, meta) = seal(1, &image);
+    assert_eq!(ciphertext.len(), image.len() + 1);
+    assert_eq!(open(ciphertext, &meta), Ok((1, image)));
+  }
+
+  #[test]
+  fn any_changed_byte_fails() {
+    let (mut ciphertext, meta) = seal(3, b"jpeg bytes");
+    ciphertext[4] ^= 1;
+    assert_eq!(open(ciphertext, &meta), Err(()));
+  }
+
+  #[test]
+  fn meta_json_round_trips_and_rejects_bad_lengths() {
+    let (_, meta) = seal(1, b"x");
+    let json = meta.to_json();
+    assert_eq!(Meta::from_json(&json, "a").unwrap(), meta);
+    assert!(json.starts_with("{\"key\":\""));
+
+    let short = r#"{"key":"AAAA","iv":"AAAAAAAAAAAAAAAA","tag":"AAAAAAAAAAAAAAAAAAAAAA=="}"#;
+    let err = Meta::from_json(short, "a").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity);
+  }
+}

@@ -1,0 +1,379 @@
+//! The image root: where encrypted files live, how they are named, and how they are written so
+//! that a crash never leaves a record pointing at a half-written file.
+//!
+//! Layout, keeping pixstore 3.x's places:
+//!
+//! ```text
+//! <root>/KEY.pixstore-image                 written by 3.x (the record has no version)
+//! <root>/DIR/KEY.VERSION.pixstore-image     written by us; VERSION is WRITER-SEQ
+//! <root>/.pixstore/writers/WRITER.lock      held locked by each live store instance
+//! ```
+//!
+//! Files are never overwritten: each write gets a new version, so until the record that names a
+//! file is committed, nothing else does. A file no record names is an orphan. An orphan whose
+//! writer's lock can be taken belonged to a dead writer and is removed by the sweep; a live
+//! writer's is left alone, since its record may be about to commit.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::Rng;
+
+use super::error::{Error, ErrorKind, Result};
+use super::ids::ImageId;
+
+pub const EXTENSION: &str = "pixstore-image";
+const CONTROL_FOLDER: &str = ".pixstore";
+const WRITERS_FOLDER: &str = "writers";
+const WRITER_ID_LEN: usize = 10;
+
+/// Which file of an image a record names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FileVersion {
+  /// pixstore 3.x's `KEY.pixstore-image`.
+  Legacy,
+  /// Our `KEY.WRITER-SEQ.pixstore-image`.
+  Versioned(String),
+}
+
+impl FileVersion {
+  /// Reads the record column, where NULL is 3.x's unversioned file. A version that is not of
+  /// our making is refused rather than joined to a path.
+  pub fn from_column(value: Option<String>, id: &str) -> Result<Self> {
+    match value {
+      None => Ok(FileVersion::Legacy),
+      Some(version) if parse_version(&version).is_some() => Ok(FileVersion::Versioned(version)),
+      Some(_) => Err(Error::new(
+        ErrorKind::Integrity,
+        format!("The record of image {id} names a file version this store did not write"),
+      )),
+    }
+  }
+
+  pub fn to_column(&self) -> Option<&str> {
+    match self {
+      FileVersion::Legacy => None,
+      FileVersion::Versioned(version) => Some(version),
+    }
+  }
+
+  fn file_name(&self, key: &str) -> String {
+    match self {
+      FileVersion::Legacy => format!("{key}.{EXTENSION}"),
+      FileVersion::Versioned(version) => format!("{key}.{version}.{EXTENSION}"),
+    }
+  }
+}
+
+/// The folder that holds every encrypted file.
+#[derive(Clone, Debug)]
+pub struct ImageRoot {
+  root: PathBuf,
+}
+
+impl ImageRoot {
+  /// Opens the image root, creating it (owner-only) when missing.
+  pub fn open(root: &Path) -> Result<Self> {
+    fs::DirBuilder::new()
+      .recursive(true)
+      .mode(0o700)
+      .create(root)
+      .map_err(|e| Error::storage("create the image root", root, &e))?;
+    Ok(ImageRoot {
+      root: root.to_path_buf(),
+    })
+  }
+
+  pub fn path(&self) -> &Path {
+    &self.root
+  }
+
+  /// The folder of an id's files: the root, or `<root>/DIR`.
+  pub fn folder(&self, id: &ImageId) -> PathBuf {
+    match id.dir() {
+      Some(dir) => self.root.join(dir),
+      None => self.root.clone(),
+    }
+  }
+
+  pub fn file(&self, id: &ImageId, version: &FileVersion) -> PathBuf {
+    self.folder(id).join(version.file_name(id.key()))
+  }
+
+  /// Writes a new file and makes its content durable. The caller makes the folder entry durable
+  /// with [`sync_folder`] before committing a record that names it. On failure nothing is left.
+  pub fn write_new(&self, id: &ImageId, version: &FileVersion, bytes: &[u8]) -> Result<PathBuf> {
+    let folder = self.folder(id);
+    if !folder.is_dir() {
+      match fs::DirBuilder::new().mode(0o700).create(&folder) {
+        Ok(()) => sync_folder(&self.root)?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::storage("create the folder", &folder, &e)),
+      }
+    }
+
+    let path = folder.join(version.file_name(id.key()));
+    let written = OpenOptions::new()
+      .write(true)
+      .create_new(true)
+      .mode(0o600)
+      .open(&path)
+      .and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+      });
+    match written {
+      Ok(()) => Ok(path),
+      Err(e) => {
+        let _ = fs::remove_file(&path);
+        Err(Error::storage("write the encrypted file", &path, &e))
+      }
+    }
+  }
+
+  /// Lists every encrypted file in the root and its folders, with the id and version its name
+  /// stands for. Names of any other shape are not ours and are left out.
+  pub fn list_files(&self) -> Result<Vec<StoredFile>> {
+    let mut found = Vec::new();
+    let mut folders = vec![(None, self.root.clone())];
+    while let Some((dir, folder)) = folders.pop() {
+      let entries = match fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+        Err(e) => return Err(Error::storage("list the folder", &folder, &e)),
+      };
+      for entry in entries {
+        let entry = entry.map_err(|e| Error::storage("list the folder", &folder, &e))?;
+        let Ok(name) = entry.file_name().into_string() else {
+          continue;
+        };
+        let Ok(kind) = entry.file_type() else {
+          continue;
+        };
+        if kind.is_dir() && dir.is_none() {
+          if ImageId::parse(&format!("{name}:k")).is_ok() {
+            folders.push((Some(name), entry.path()));
+          }
+        } else if kind.is_file() {
+          if let Some(file) = StoredFile::from_name(dir.as_deref(), &name, entry.path()) {
+            found.push(file);
+          }
+        }
+      }
+    }
+    Ok(found)
+  }
+
+  fn writers_folder(&self) -> PathBuf {
+    self.root.join(CONTROL_FOLDER).join(WRITERS_FOLDER)
+  }
+}
+
+/// An encrypted file found on disk.
+#[derive(Clone, Debug)]
+pub struct StoredFile {
+  pub id: ImageId,
+  pub version: FileVersion,
+  pub path: PathBuf,
+}
+
+impl StoredFile {
+  fn from_name(dir: Option<&str>, name: &str, path: PathBuf) -> Option<Self> {
+    let stem = name.strip_suffix(EXTENSION)?.strip_suffix('.')?;
+    let (key, version) = match stem.split_once('.') {
+      Some((key, version)) => {
+        parse_version(version)?;
+        (key, FileVersion::Versioned(version.to_owned()))
+      }
+      None => (stem, FileVersion::Legacy),
+    };
+    let id = match dir {
+      Some(dir) => ImageId::parse(&format!("{dir}:{key}")),
+      None => ImageId::parse(key),
+    }
+    .ok()?;
+    Some(StoredFile { id, version, path })
+  }
+
+  /// The writer that made this file, when it is one of ours.
+  pub fn writer(&self) -> Option<&str> {
+    match &self.version {
+      FileVersion::Legacy => None,
+      FileVersion::Versioned(version) => parse_version(version).map(|(writer, _)| writer),
+    }
+  }
+}
+
+/// Splits `WRITER-SEQ`, where WRITER is base 36 and SEQ hexadecimal.
+fn parse_version(version: &str) -> Option<(&str, &str)> {
+  let (writer, seq) = version.split_once('-')?;
+  let writer_ok = writer.len() == WRITER_ID_LEN
+    && writer
+      .bytes()
+      .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+  let seq_ok = !seq.is_empty() && seq.len() <= 16 && seq.bytes().all(|b| b.is_ascii_hexdigit());
+  (writer_ok && seq_ok).then_some((writer, seq))
+}
+
+/// One live store instance's claim on the files it writes. Its lock file stays locked until the
+/// instance is dropped or its process dies, which is how a sweep tells live writers from dead.
+#[derive(Debug)]
+pub struct Writer {
+  id: String,
+  lock_path: PathBuf,
+  _lock: File,
+  seq: AtomicU64,
+}
+
+impl Writer {
+  pub fn register(root: &ImageRoot) -> Result<Writer> {
+    let folder = root.writers_folder();
+    fs::DirBuilder::new()
+      .recursive(true)
+      .mode(0o700)
+      .create(&folder)
+      .map_err(|e| Error::storage("create the folder", &folder, &e))?;
+
+    let mut rng = rand::rng();
+    let id: String = (0..WRITER_ID_LEN)
+      .map(|_| char::from_digit(rng.random_range(0..36), 36).expect("digit below 36"))
+      .collect();
+
+    // The lock is taken under a temporary name and then renamed into place, so no sweep ever
+    // sees this writer's lock file unlocked.
+    let lock_path = folder.join(format!("{id}.lock"));
+    let staging = folder.join(format!("{id}.lock.new"));
+    let lock = OpenOptions::new()
+      .write(true)
+      .create_new(true)
+      .mode(0o600)
+      .open(&staging)
+      .and_then(|file| file.try_lock().map(|()| file).map_err(io::Error::from))
+      .and_then(|file| fs::rename(&staging, &lock_path).map(|()| file))
+      .map_err(|e| Error::storage("register a writer lock at", &lock_path, &e))?;
+
+    Ok(Writer {
+      id,
+      lock_path,
+      _lock: lock,
+      seq: AtomicU64::new(0),
+    })
+  }
+
+  /// A version no other file of any writer has.
+  pub fn next_version(&self) -> FileVersion {
+    let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+    FileVersion::Versioned(format!("{}-{seq:x}", self.id))
+  }
+}
+
+impl Drop for Writer {
+  fn drop(&mut self) {
+    let _ = fs::remove_file(&self.lock_path);
+  }
+}
+
+/// Tells live writers from dead ones, asking each lock once.
+pub struct WriterLiveness<'a> {
+  root: &'a ImageRoot,
+  known: HashMap<String, bool>,
+}
+
+impl<'a> WriterLiveness<'a> {
+  pub fn new(root: &'a ImageRoot) -> Self {
+    WriterLiveness {
+      root,
+      known: HashMap::new(),
+    }
+  }
+
+  /// Whether `writer` may still commit a record. A writer without a lock file, or whose lock
+  /// can be taken, is dead.
+  pub fn is_live(&mut self, writer: &str) -> bool {
+    let path = self.root.writers_folder().join(format!("{writer}.lock"));
+    *self
+      .known
+      .entry(writer.to_owned())
+      .or_insert_with(|| match File::open(&path) {
+        Ok(file) => file.try_lock().is_err(),
+        Err(_) => false,
+      })
+  }
+
+  /// Removes the lock files of writers found dead.
+  pub fn remove_dead_locks(&self) {
+    for (writer, _) in self.known.iter().filter(|(_, live)| !**live) {
+      let _ = fs::remove_file(self.root.writers_folder().join(format!("{writer}.lock")));
+    }
+  }
+}
+
+/// Makes a folder's entries durable.
+pub fn sync_folder(folder: &Path) -> Result<()> {
+  File::open(folder)
+    .and_then(|f| f.sync_all())
+    .map_err(|e| Error::storage("sync the folder", folder, &e))
+}
+
+/// Removes a file; a file already gone is not an error.
+pub fn remove_if_present(path: &Path) -> Result<bool> {
+  match fs::remove_file(path) {
+    Ok(()) => Ok(true),
+    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+    Err(e) => Err(Error::storage("remove", path, &e)),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn names_round_trip_through_the_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = ImageRoot::open(dir.path()).unwrap();
+    let writer = Writer::register(&root).unwrap();
+    let id = ImageId::parse("cats:k1").unwrap();
+    let version = writer.next_version();
+    root.write_new(&id, &version, b"x").unwrap();
+    fs::write(dir.path().join("old1.pixstore-image"), b"y").unwrap();
+    fs::write(dir.path().join("notes.txt"), b"z").unwrap();
+
+    let mut found = root.list_files().unwrap();
+    found.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    assert_eq!(found.len(), 2);
+    assert_eq!((found[0].id.as_str(), &found[0].version), ("cats:k1", &version));
+    assert_eq!((found[1].id.as_str(), &found[1].version), ("old1", &FileVersion::Legacy));
+  }
+
+  #[test]
+  fn a_live_writer_is_told_from_a_dead_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = ImageRoot::open(dir.path()).unwrap();
+    let live = Writer::register(&root).unwrap();
+    let dead = Writer::register(&root).unwrap();
+    let dead_id = dead.id.clone();
+    // A dead process leaves its lock file behind, unlocked.
+    let lock_path = dead.lock_path.clone();
+    drop(dead);
+    fs::write(&lock_path, b"").unwrap();
+
+    let mut liveness = WriterLiveness::new(&root);
+    assert!(liveness.is_live(&live.id));
+    assert!(!liveness.is_live(&dead_id));
+    assert!(!liveness.is_live("nosuchwrit"));
+    liveness.remove_dead_locks();
+    assert!(!lock_path.exists());
+  }
+
+  #[test]
+  fn versions_from_elsewhere_are_refused() {
+    for bad in ["../../etc", "x", "abcdefghij-", "abcdefghij-zz", "ABCDEFGHIJ-1"] {
+      assert!(FileVersion::from_column(Some(bad.into()), "a").is_err(), "{bad}");
+    }
+  }
+}

@@ -1,0 +1,142 @@
+//! Image formats: which names a configuration may list, how content is recognised, and the
+//! format byte that leads every encrypted file.
+//!
+//! Recognition is `imagesize`'s: it reads the signature and then the header as far as the
+//! dimensions, so a bare signature or a cut-off header is not taken for an image.
+
+use imagesize::{Compression, ImageType};
+
+use super::error::{quote, Error, ErrorKind, Result};
+
+/// An image format the store can recognise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+  Png,
+  Jpeg,
+  Webp,
+  Gif,
+  Avif,
+  Heic,
+  Bmp,
+  Tiff,
+  Ico,
+  Jxl,
+}
+
+/// Every name a configuration may use, with the format it denotes. JPEG and TIFF have two.
+const NAMES: &[(&str, Format)] = &[
+  ("png", Format::Png),
+  ("jpg", Format::Jpeg),
+  ("jpeg", Format::Jpeg),
+  ("webp", Format::Webp),
+  ("gif", Format::Gif),
+  ("avif", Format::Avif),
+  ("heic", Format::Heic),
+  ("bmp", Format::Bmp),
+  ("tif", Format::Tiff),
+  ("tiff", Format::Tiff),
+  ("ico", Format::Ico),
+  ("jxl", Format::Jxl),
+];
+
+/// The allowed formats of a store, in configuration order, which fixes each format byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormatList {
+  names: Vec<String>,
+}
+
+impl FormatList {
+  /// Checks a configured `imageFormats` list.
+  pub fn new(names: Vec<String>) -> Result<Self> {
+    let invalid = |why: String| Error::new(ErrorKind::InvalidConfig, why);
+
+    if names.is_empty() {
+      return Err(invalid(
+        "Invalid imageFormats []: expected at least one format name".into(),
+      ));
+    }
+    if names.len() > u8::MAX as usize {
+      return Err(invalid(format!(
+        "Invalid imageFormats: {} names, at most 255 fit the format byte",
+        names.len()
+      )));
+    }
+    for (i, name) in names.iter().enumerate() {
+      if format_named(name).is_none() {
+        let known: Vec<&str> = NAMES.iter().map(|(n, _)| *n).collect();
+        return Err(invalid(format!(
+          "Invalid imageFormats[{i}] {}: expected one of {}",
+          quote(name),
+          known.join(", ")
+        )));
+      }
+      if names[..i].contains(name) {
+        return Err(invalid(format!(
+          "Invalid imageFormats[{i}] {}: listed twice",
+          quote(name)
+        )));
+      }
+    }
+    Ok(FormatList { names })
+  }
+
+  pub fn names(&self) -> &[String] {
+    &self.names
+  }
+
+  /// Recognises `image` and gives its format byte: one more than the index of the first listed
+  /// name that denotes its format, as pixstore 3.x browsers expect.
+  pub fn format_byte(&self, image: &[u8]) -> Result<u8> {
+    let format = sniff(image)
+      .ok_or_else(|| invalid_image("not a complete image of any recognised format"))?;
+    self
+      .names
+      .iter()
+      .position(|name| format_named(name) == Some(format))
+      .map(|index| index as u8 + 1)
+      .ok_or_else(|| {
+        invalid_image(&format!(
+          "{format:?} is not among the allowed formats {:?}",
+          self.names
+        ))
+      })
+  }
+}
+
+impl Default for FormatList {
+  fn default() -> Self {
+    let names = ["png", "webp", "jpg", "jpeg"];
+    FormatList {
+      names: names.iter().map(|n| n.to_string()).collect(),
+    }
+  }
+}
+
+/// The message is pixstore 3.x's, which callers match on; the reason goes to the detail.
+fn invalid_image(reason: &str) -> Error {
+  Error::new(ErrorKind::InvalidImage, "Invalid image file").with_detail(reason)
+}
+
+fn format_named(name: &str) -> Option<Format> {
+  NAMES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// Recognises the format of `image`, or `None` when it is not a complete-headed image.
+pub fn sniff(image: &[u8]) -> Option<Format> {
+  let format = match imagesize::image_type(image).ok()? {
+    ImageType::Png => Format::Png,
+    ImageType::Jpeg => Format::Jpeg,
+    ImageType::Webp => Format::Webp,
+    ImageType::Gif => Format::Gif,
+    ImageType::Heif(Compression::Av1) => Format::Avif,
+    ImageType::Heif(Compression::Hevc) => Format::Heic,
+    ImageType::Bmp => Format::Bmp,
+    ImageType::Tiff => Format::Tiff,
+    ImageType::Ico => Format::Ico,
+    ImageType::Jxl => Format::Jxl,
+    _ => return None,
+  };
+
+  let size = imagesize::blob_size(image).ok()?;
+  (size.width > 0 && size.height > 0).then_some(format)
+}

@@ -1,0 +1,435 @@
+//! The store: every public operation, in terms of files, records and keys.
+//!
+//! A write never touches the file a record names. It writes a new file under a new version,
+//! makes it durable, and only then commits the record that names it; the file the record named
+//! before is removed after that commit. So at every instant each record names a complete file
+//! that decrypts under its meta, whatever moment a crash picks. See `files` for the sweep that
+//! removes files no record names.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::Semaphore;
+
+use super::config::Config;
+use super::crypto::{self, Meta};
+use super::error::{quote, Error, ErrorKind, Result};
+use super::files::{self, FileVersion, ImageRoot, Writer, WriterLiveness};
+use super::ids::{now_ms, ImageId};
+use super::proofs::ProofKey;
+use super::records::{self, Change, Outcome, ReadPool, RecordWriter, StoredRecord};
+
+/// What callers get back for an image: its id, token, meta and a proof to fetch it with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRecord {
+  pub id: String,
+  pub token: i64,
+  /// Standard base64 of the 32-byte key, 12-byte IV and 16-byte tag.
+  pub key: String,
+  pub iv: String,
+  pub tag: String,
+  pub stateless_proof: String,
+}
+
+/// What a sweep found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+  pub removed: usize,
+  pub left_to_live_writers: usize,
+}
+
+/// An open store. Cheap to share: wrap it in an [`Arc`].
+pub struct Store {
+  config: Config,
+  root: ImageRoot,
+  writer: Writer,
+  records: RecordWriter,
+  reads: ReadPool,
+  proof_key: ProofKey,
+  gate: Gate,
+  /// Bounds how many images are being encrypted and written at once, so that a storm of large
+  /// saves holds a few ciphertexts in memory rather than one per call.
+  file_work: Semaphore,
+}
+
+impl Store {
+  /// Opens (or creates) the store the configuration names and starts removing orphans left by
+  /// dead writers in the background. Runs on the calling thread: `initPixstoreBackend` is
+  /// synchronous by contract.
+  pub fn open(config: Config) -> Result<Arc<Store>> {
+    let root = ImageRoot::open(&config.image_root)?;
+    let (conn, proof_key) = records::open_store(&config.database_path)?;
+    let writer = Writer::register(&root)?;
+    let records = RecordWriter::start(conn, root.clone())?;
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+    let store = Arc::new(Store {
+      reads: ReadPool::new(&config.database_path),
+      config,
+      root,
+      writer,
+      records,
+      proof_key,
+      gate: Gate::default(),
+      file_work: Semaphore::new((parallel * 2).max(4)),
+    });
+
+    // The sweep counts as a call in progress, so `close` waits for it.
+    store.gate.hold()?;
+    let sweeper = Arc::clone(&store);
+    let started = std::thread::Builder::new()
+      .name("pixstore-sweep".into())
+      .spawn(move || {
+        // Nobody waits for this result; orphans left now are removed by the next sweep.
+        let _ = sweeper.sweep();
+        sweeper.gate.release();
+      });
+    if let Err(e) = started {
+      store.gate.release();
+      return Err(Error::new(
+        ErrorKind::Storage,
+        format!("Could not start the sweep: {e}"),
+      ));
+    }
+    Ok(store)
+  }
+
+  pub fn config(&self) -> &Config {
+    &self.config
+  }
+
+  /// Saves a new image, optionally under `dir`.
+  pub async fn save(
+    self: &Arc<Self>,
+    image: impl AsRef<[u8]> + Send + 'static,
+    dir: Option<String>,
+  ) -> Result<ImageRecord> {
+    let _pass = self.gate.enter()?;
+    let id = ImageId::generate(dir.as_deref())?;
+    self.write(id, image, false).await
+  }
+
+  /// Saves the image in the file at `path`.
+  pub async fn save_from_file(
+    self: &Arc<Self>,
+    path: String,
+    dir: Option<String>,
+  ) -> Result<ImageRecord> {
+    let _pass = self.gate.enter()?;
+    let id = ImageId::generate(dir.as_deref())?;
+    let image = self.blocking(move |_| read_image_file(&path)).await?;
+    self.write(id, image, false).await
+  }
+
+  /// Replaces the image of an existing id: new key, IV, file and a larger token.
+  pub async fn update(
+    self: &Arc<Self>,
+    id: &str,
+    image: impl AsRef<[u8]> + Send + 'static,
+  ) -> Result<ImageRecord> {
+    let _pass = self.gate.enter()?;
+    let id = ImageId::parse(id)?;
+    self.write(id, image, true).await
+  }
+
+  /// Replaces the image of an existing id with the one in the file at `path`.
+  pub async fn update_from_file(self: &Arc<Self>, id: &str, path: String) -> Result<ImageRecord> {
+    let _pass = self.gate.enter()?;
+    let id = ImageId::parse(id)?;
+    let image = self.blocking(move |_| read_image_file(&path)).await?;
+    self.write(id, image, true).await
+  }
+
+  /// Removes an image. `true` when a record or a 3.x file existed and is now gone.
+  pub async fn delete(self: &Arc<Self>, id: &str) -> Result<bool> {
+    let _pass = self.gate.enter()?;
+    let id = ImageId::parse(id)?;
+    let Outcome::Deleted { existed } = self.records.commit(Change::Delete { id: id.clone() }).await?
+    else {
+      unreachable!("a delete has a Deleted outcome");
+    };
+    if existed {
+      return Ok(true);
+    }
+    // A 3.x file without a record still counts, as it did in 3.x.
+    self
+      .blocking(move |store| files::remove_if_present(&store.root.file(&id, &FileVersion::Legacy)))
+      .await
+  }
+
+  /// Whether a record, or a 3.x file, exists for `id`.
+  pub async fn exists(self: &Arc<Self>, id: &str) -> Result<bool> {
+    let _pass = self.gate.enter()?;
+    let id = ImageId::parse(id)?;
+    self
+      .blocking(move |store| {
+        if store.reads.with(|conn| records::get(conn, &id))?.is_some() {
+          return Ok(true);
+        }
+        Ok(store.root.file(&id, &FileVersion::Legacy).is_file())
+      })
+      .await
+  }
+
+  /// The original bytes of an image, or `None` when there is no such image.
+  pub async fn read(self: &Arc<Self>, id: &str) -> Result<Option<Vec<u8>>> {
+    let _pass = self.gate.enter()?;
+    let id = ImageId::parse(id)?;
+    self.blocking(move |store| store.read_now(&id)).await
+  }
+
+  /// The record of `id`, or `None`. Synchronous: reads on the calling thread.
+  pub fn record(&self, id: &str) -> Result<Option<ImageRecord>> {
+    let _pass = self.gate.enter()?;
+    let id = ImageId::parse(id)?;
+    let stored = self.reads.with(|conn| records::get(conn, &id))?;
+    Ok(stored.map(|stored| self.to_record(&stored.id, stored.token, &stored.meta)))
+  }
+
+  /// Checks a proof for `id` against the current and the previous window.
+  pub fn verify_proof(&self, id: &str, proof: &str) -> bool {
+    self
+      .proof_key
+      .verify(id, proof, self.config.proof_window, now_ms())
+  }
+
+  /// Removes every encrypted file that no record names and whose writer is dead. Files of live
+  /// writers (this instance included) are left: their records may be about to commit.
+  pub fn sweep(&self) -> Result<SweepReport> {
+    let found = self.root.list_files()?;
+    let named: HashSet<(ImageId, FileVersion)> = self
+      .reads
+      .with(records::all_files)?
+      .into_iter()
+      .collect();
+
+    let mut liveness = WriterLiveness::new(&self.root);
+    let mut report = SweepReport::default();
+    for file in found {
+      if named.contains(&(file.id.clone(), file.version.clone())) {
+        continue;
+      }
+      if file.writer().is_some_and(|writer| liveness.is_live(writer)) {
+        report.left_to_live_writers += 1;
+        continue;
+      }
+      if files::remove_if_present(&file.path)? {
+        report.removed += 1;
+      }
+    }
+    liveness.remove_dead_locks();
+    Ok(report)
+  }
+
+  /// Waits for every call in progress, commits what is queued and closes the database. Later
+  /// calls fail with [`ErrorKind::NotInitialized`]. Blocks: call it off the JavaScript thread.
+  pub fn close(&self) {
+    self.gate.close_and_wait();
+    self.records.shut_down();
+  }
+
+  /// Writes a new file for `id` and commits the record naming it; `replace` for updates.
+  async fn write(
+    self: &Arc<Self>,
+    id: ImageId,
+    image: impl AsRef<[u8]> + Send + 'static,
+    replace: bool,
+  ) -> Result<ImageRecord> {
+    if replace {
+      let probe = id.clone();
+      let found = self
+        .blocking(move |store| store.reads.with(|conn| records::get(conn, &probe)))
+        .await?;
+      if found.is_none() {
+        return Err(Error::not_found(id.as_str()));
+      }
+    }
+
+    let version = self.writer.next_version();
+    let permit = self
+      .file_work
+      .acquire()
+      .await
+      .expect("the semaphore is never closed");
+    let (file_id, file_version) = (id.clone(), version.clone());
+    let (meta, path) = self
+      .blocking(move |store| {
+        let format_byte = store.config.image_formats.format_byte(image.as_ref())?;
+        let (ciphertext, meta) = crypto::seal(format_byte, image.as_ref());
+        drop(image);
+        let path = store.root.write_new(&file_id, &file_version, &ciphertext)?;
+        Ok((meta, path))
+      })
+      .await?;
+    drop(permit);
+
+    let change = if replace {
+      Change::Replace {
+        id: id.clone(),
+        meta: meta.clone(),
+        version,
+      }
+    } else {
+      Change::Insert {
+        id: id.clone(),
+        meta: meta.clone(),
+        version,
+      }
+    };
+    let outcome = self.records.commit(change).await;
+
+    match outcome {
+      Ok(Outcome::Written { token }) => Ok(self.to_record(&id, token, &meta)),
+      other => {
+        // Nothing names the new file: remove it now rather than leave it to a sweep.
+        self
+          .blocking(move |_| files::remove_if_present(&path))
+          .await?;
+        match other {
+          Ok(Outcome::Missing) => Err(Error::not_found(id.as_str())),
+          Ok(outcome) => unreachable!("a write has no {outcome:?} outcome"),
+          Err(err) => Err(err),
+        }
+      }
+    }
+  }
+
+  fn read_now(&self, id: &ImageId) -> Result<Option<Vec<u8>>> {
+    // A concurrent update or delete may remove the file between reading the record and reading
+    // the file; the record is then read again. Three rounds are plenty in practice.
+    let mut last_missing = None;
+    for _ in 0..3 {
+      let Some(stored) = self.reads.with(|conn| records::get(conn, id))? else {
+        return Ok(None);
+      };
+      let path = self.root.file(id, &stored.version);
+      match std::fs::read(&path) {
+        Ok(ciphertext) => return self.decrypt(&stored, &path, ciphertext).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => last_missing = Some(path),
+        Err(e) => return Err(Error::storage("read the encrypted file", &path, &e)),
+      }
+    }
+    let path = last_missing.expect("the loop ran");
+    Err(Error::new(
+      ErrorKind::Integrity,
+      format!(
+        "The encrypted file of image {id} is missing: {}",
+        path.display()
+      ),
+    ))
+  }
+
+  fn decrypt(&self, stored: &StoredRecord, path: &PathBuf, ciphertext: Vec<u8>) -> Result<Vec<u8>> {
+    let (_format_byte, image) = crypto::open(ciphertext, &stored.meta).map_err(|()| {
+      Error::new(
+        ErrorKind::Integrity,
+        format!(
+          "The encrypted file of image {} does not decrypt under its record's key: {} was \
+           changed or cut short",
+          stored.id,
+          path.display()
+        ),
+      )
+    })?;
+    Ok(image)
+  }
+
+  fn to_record(&self, id: &ImageId, token: i64, meta: &Meta) -> ImageRecord {
+    ImageRecord {
+      id: id.as_str().to_owned(),
+      token,
+      key: meta.key_base64(),
+      iv: meta.iv_base64(),
+      tag: meta.tag_base64(),
+      stateless_proof: self
+        .proof_key
+        .issue(id.as_str(), self.config.proof_window, now_ms()),
+    }
+  }
+
+  /// Runs file, crypto or database work on a blocking thread.
+  async fn blocking<T: Send + 'static>(
+    self: &Arc<Self>,
+    work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+  ) -> Result<T> {
+    let store = Arc::clone(self);
+    tokio::task::spawn_blocking(move || work(&store))
+      .await
+      .map_err(|e| Error::new(ErrorKind::Storage, format!("A store task failed: {e}")))?
+  }
+}
+
+/// Reads an image file for `saveImageFromFile` and `updateImageFromFile`.
+fn read_image_file(path: &str) -> Result<Vec<u8>> {
+  let unreadable = |why: String| {
+    Error::new(
+      ErrorKind::FileNotReadable,
+      format!("Cannot read the image file {}: {why}", quote(path)),
+    )
+  };
+  if path.is_empty() || path.contains('\0') {
+    return Err(unreadable("expected a file path without NUL characters".into()));
+  }
+  let metadata = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
+  if !metadata.is_file() {
+    return Err(unreadable("it is not a regular file".into()));
+  }
+  std::fs::read(path).map_err(|e| unreadable(e.to_string()))
+}
+
+/// Counts calls in progress and, once closed, turns new ones away.
+#[derive(Default)]
+struct Gate {
+  state: Mutex<GateState>,
+  idle: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+  closed: bool,
+  active: usize,
+}
+
+struct Pass<'a>(&'a Gate);
+
+impl Gate {
+  fn enter(&self) -> Result<Pass<'_>> {
+    self.hold()?;
+    Ok(Pass(self))
+  }
+
+  fn hold(&self) -> Result<()> {
+    let mut state = self.state.lock().expect("gate lock");
+    if state.closed {
+      return Err(Error::new(
+        ErrorKind::NotInitialized,
+        "Pixstore is closed: call initPixstoreBackend before using it again",
+      ));
+    }
+    state.active += 1;
+    Ok(())
+  }
+
+  fn release(&self) {
+    let mut state = self.state.lock().expect("gate lock");
+    state.active -= 1;
+    if state.active == 0 {
+      self.idle.notify_all();
+    }
+  }
+
+  fn close_and_wait(&self) {
+    let mut state = self.state.lock().expect("gate lock");
+    state.closed = true;
+    while state.active > 0 {
+      state = self.idle.wait(state).expect("gate lock");
+    }
+  }
+}
+
+impl Drop for Pass<'_> {
+  fn drop(&mut self) {
+    self.0.release();
+  }
+}
