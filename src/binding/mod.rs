@@ -1,1 +1,207 @@
-//! placeholder
+//! The Node-API face of the core: converts JavaScript values to core types and back, and holds
+//! the one store of the process. Argument types and error modes are the JavaScript layer's
+//! (`lib/`); nothing here decides behaviour.
+
+use std::sync::{Arc, RwLock};
+
+use napi::bindgen_prelude::{Buffer, Either, Error, Result};
+use napi_derive::napi;
+
+use crate::core::{self, ConfigInput, Store};
+
+/// The store of this process, shared by every import of the package.
+static STORE: RwLock<Option<Arc<Store>>> = RwLock::new(None);
+
+/// A failure of the store, handed to the JavaScript layer as a value, which turns it into a
+/// `PixstoreError` and applies the error mode. (An async napi function can only reject with a
+/// Node-API status as `code`; a value carries our own codes.)
+#[napi(object)]
+pub struct Failure {
+  /// The stable code, such as `'NOT_FOUND'`.
+  pub code: String,
+  pub message: String,
+  /// What exactly went wrong, where the message keeps a fixed wording.
+  pub detail: Option<String>,
+}
+
+fn settle<T>(result: core::Result<T>) -> Either<T, Failure> {
+  match result {
+    Ok(value) => Either::A(value),
+    Err(err) => Either::B(Failure {
+      code: err.kind().code().to_owned(),
+      message: err.message().to_owned(),
+      detail: err.detail().map(str::to_owned),
+    }),
+  }
+}
+
+fn current() -> core::Result<Arc<Store>> {
+  STORE.read().expect("store lock").clone().ok_or_else(|| {
+    core::Error::new(
+      core::ErrorKind::NotInitialized,
+      "Pixstore is not initialised: call initPixstoreBackend() before any other function",
+    )
+  })
+}
+
+/// Backend configuration. Every key is optional; a missing key takes its default.
+#[napi(object)]
+#[derive(Default)]
+pub struct BackendConfig {
+  /// Allowed image formats, recognised from content. The order fixes each format's byte in the
+  /// encrypted file: 1 + its index. Default `['png', 'webp', 'jpg', 'jpeg']`.
+  pub image_formats: Option<Vec<String>>,
+  /// Folder of the encrypted files, relative to the working directory or absolute. Default
+  /// `'pixstore-images'`.
+  pub image_root_dir: Option<String>,
+  /// SQLite database file. Default `'./.pixstore.sqlite'`.
+  pub database_path: Option<String>,
+  /// Lifetime window of stateless proofs in milliseconds, or `-1` for proofs that never expire.
+  /// A proof of the current or the previous window is accepted. Default `20000`.
+  pub stateless_key_window_length: Option<f64>,
+  /// Whether the default HTTP endpoint is served. Default `true`.
+  pub default_endpoint_enabled: Option<bool>,
+  /// Route of the default endpoint. Default `'/pixstore-image'`.
+  pub default_endpoint_route: Option<String>,
+  /// Address the default endpoint listens on. Default `'0.0.0.0'`.
+  pub default_endpoint_listen_host: Option<String>,
+  /// Port of the default endpoint, 1 to 65535. Default `3001`.
+  pub default_endpoint_listen_port: Option<f64>,
+  /// `Access-Control-Allow-Origin` of the default endpoint. Default `'*'`.
+  pub access_control_allow_origin: Option<String>,
+  /// How failures are reported: `'hybrid'`, `'throw'`, `'warn'`, `'silent'` or `'custom'`.
+  /// Default `'hybrid'`.
+  pub error_handling_mode: Option<String>,
+}
+
+/// What `init` settled on, for the JavaScript layer.
+#[napi(object)]
+pub struct InitResult {
+  /// The error handling mode in force.
+  pub error_handling_mode: String,
+}
+
+/// What decrypts an image: standard base64 with padding.
+#[napi(object)]
+pub struct ImageMeta {
+  /// The 32-byte AES-256 key.
+  pub key: String,
+  /// The 12-byte GCM IV.
+  pub iv: String,
+  /// The 16-byte GCM tag.
+  pub tag: String,
+}
+
+/// An image as callers see it.
+#[napi(object)]
+pub struct ImageRecord {
+  /// `KEY` or `DIR:KEY`.
+  pub id: String,
+  /// Version of the image: a millisecond timestamp, larger after every write of this id.
+  pub token: i64,
+  /// Key, IV and tag of the encrypted file.
+  pub meta: ImageMeta,
+  /// Short-lived authorisation to fetch this image from an endpoint.
+  pub stateless_proof: String,
+}
+
+impl From<core::ImageRecord> for ImageRecord {
+  fn from(record: core::ImageRecord) -> Self {
+    ImageRecord {
+      id: record.id,
+      token: record.token,
+      meta: ImageMeta {
+        key: record.key,
+        iv: record.iv,
+        tag: record.tag,
+      },
+      stateless_proof: record.stateless_proof,
+    }
+  }
+}
+
+/// Opens the store the configuration names, replacing any open one. The replaced store finishes
+/// its calls in progress and closes in the background.
+#[napi]
+pub fn init(config: Option<BackendConfig>) -> Either<InitResult, Failure> {
+  let config = config.unwrap_or_default();
+  let input = ConfigInput {
+    image_formats: config.image_formats,
+    image_root_dir: config.image_root_dir,
+    database_path: config.database_path,
+    stateless_key_window_length: config.stateless_key_window_length,
+    default_endpoint_enabled: config.default_endpoint_enabled,
+    default_endpoint_route: config.default_endpoint_route,
+    default_endpoint_listen_host: config.default_endpoint_listen_host,
+    default_endpoint_listen_port: config.default_endpoint_listen_port,
+    access_control_allow_origin: config.access_control_allow_origin,
+    error_handling_mode: config.error_handling_mode,
+  };
+  settle(core::Config::resolve(input).and_then(|config| {
+    let mode = config.error_handling_mode.name().to_owned();
+    let store = Store::open(config)?;
+    let replaced = STORE.write().expect("store lock").replace(store);
+    if let Some(old) = replaced {
+      std::thread::spawn(move || old.close());
+    }
+    Ok(InitResult {
+      error_handling_mode: mode,
+    })
+  }))
+}
+
+/// Waits for every call in progress, then closes the store. Resolves at once when none is open.
+#[napi]
+pub async fn close() -> Result<()> {
+  let store = STORE.write().expect("store lock").take();
+  if let Some(store) = store {
+    tokio::task::spawn_blocking(move || store.close())
+      .await
+      .map_err(|e| Error::from_reason(format!("Closing the store failed: {e}")))?;
+  }
+  Ok(())
+}
+
+#[napi]
+pub async fn save_image(image: Buffer, dir: Option<String>) -> Either<ImageRecord, Failure> {
+  settle(async { current()?.save(image, dir).await.map(Into::into) }.await)
+}
+
+#[napi]
+pub async fn save_image_from_file(path: String, dir: Option<String>) -> Either<ImageRecord, Failure> {
+  settle(async { current()?.save_from_file(path, dir).await.map(Into::into) }.await)
+}
+
+#[napi]
+pub async fn update_image(id: String, image: Buffer) -> Either<ImageRecord, Failure> {
+  settle(async { current()?.update(&id, image).await.map(Into::into) }.await)
+}
+
+#[napi]
+pub async fn update_image_from_file(id: String, path: String) -> Either<ImageRecord, Failure> {
+  settle(async { current()?.update_from_file(&id, path).await.map(Into::into) }.await)
+}
+
+#[napi]
+pub async fn delete_image(id: String) -> Either<bool, Failure> {
+  settle(async { current()?.delete(&id).await }.await)
+}
+
+#[napi]
+pub async fn image_exists(id: String) -> Either<bool, Failure> {
+  settle(async { current()?.exists(&id).await }.await)
+}
+
+#[napi]
+pub async fn read_image(id: String) -> Either<Option<Buffer>, Failure> {
+  settle(async { Ok(current()?.read(&id).await?.map(Buffer::from)) }.await)
+}
+
+#[napi]
+pub fn get_image_record(id: String) -> Either<Option<ImageRecord>, Failure> {
+  settle(
+    current()
+      .and_then(|store| store.record(&id))
+      .map(|r| r.map(Into::into)),
+  )
+}

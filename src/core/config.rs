@@ -89,7 +89,10 @@ impl Config {
     }
     let image_root = absolute(&cwd, checked_path("imageRootDir", image_root)?);
 
-    let database_path = input.database_path.as_deref().unwrap_or("./.pixstore.sqlite");
+    let database_path = input
+      .database_path
+      .as_deref()
+      .unwrap_or("./.pixstore.sqlite");
     if database_path.trim().is_empty() || database_path == ":memory:" {
       return Err(invalid(format!(
         "Invalid databasePath {}: expected the path of a SQLite file (in-memory databases \
@@ -141,7 +144,9 @@ impl Config {
       )));
     }
 
-    let origin = input.access_control_allow_origin.unwrap_or_else(|| "*".into());
+    let origin = input
+      .access_control_allow_origin
+      .unwrap_or_else(|| "*".into());
     if origin.is_empty() || origin.chars().any(|c| c.is_control()) {
       return Err(invalid(format!(
         "Invalid accessControlAllowOrigin {}: expected \"*\" or an origin, without control \

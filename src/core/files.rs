@@ -346,8 +346,14 @@ mod tests {
     let mut found = root.list_files().unwrap();
     found.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     assert_eq!(found.len(), 2);
-    assert_eq!((found[0].id.as_str(), &found[0].version), ("cats:k1", &version));
-    assert_eq!((found[1].id.as_str(), &found[1].version), ("old1", &FileVersion::Legacy));
+    assert_eq!(
+      (found[0].id.as_str(), &found[0].version),
+      ("cats:k1", &version)
+    );
+    assert_eq!(
+      (found[1].id.as_str(), &found[1].version),
+      ("old1", &FileVersion::Legacy)
+    );
   }
 
   #[test]
@@ -372,8 +378,17 @@ mod tests {
 
   #[test]
   fn versions_from_elsewhere_are_refused() {
-    for bad in ["../../etc", "x", "abcdefghij-", "abcdefghij-zz", "ABCDEFGHIJ-1"] {
-      assert!(FileVersion::from_column(Some(bad.into()), "a").is_err(), "{bad}");
+    for bad in [
+      "../../etc",
+      "x",
+      "abcdefghij-",
+      "abcdefghij-zz",
+      "ABCDEFGHIJ-1",
+    ] {
+      assert!(
+        FileVersion::from_column(Some(bad.into()), "a").is_err(),
+        "{bad}"
+      );
     }
   }
 }

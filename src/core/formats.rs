@@ -17,21 +17,28 @@ pub enum Format {
   Gif,
   Avif,
   Heic,
+  Heif,
   Bmp,
   Tiff,
   Ico,
   Jxl,
 }
 
-/// Every name a configuration may use, with the format it denotes. JPEG and TIFF have two.
+/// Every name a configuration may use, with the format it denotes: pixstore 3.x's names of
+/// formats that can be recognised from their header, and JPEG XL. (3.x also listed names such as
+/// svg, raw or xpm that its own sniffing never produced.)
 const NAMES: &[(&str, Format)] = &[
   ("png", Format::Png),
   ("jpg", Format::Jpeg),
   ("jpeg", Format::Jpeg),
+  ("jfif", Format::Jpeg),
+  ("pjpeg", Format::Jpeg),
+  ("pjp", Format::Jpeg),
   ("webp", Format::Webp),
   ("gif", Format::Gif),
   ("avif", Format::Avif),
   ("heic", Format::Heic),
+  ("heif", Format::Heif),
   ("bmp", Format::Bmp),
   ("tif", Format::Tiff),
   ("tiff", Format::Tiff),
@@ -87,8 +94,8 @@ impl FormatList {
   /// Recognises `image` and gives its format byte: one more than the index of the first listed
   /// name that denotes its format, as pixstore 3.x browsers expect.
   pub fn format_byte(&self, image: &[u8]) -> Result<u8> {
-    let format = sniff(image)
-      .ok_or_else(|| invalid_image("not a complete image of any recognised format"))?;
+    let format =
+      sniff(image).ok_or_else(|| invalid_image("not a complete image of any recognised format"))?;
     self
       .names
       .iter()
@@ -130,6 +137,7 @@ pub fn sniff(image: &[u8]) -> Option<Format> {
     ImageType::Gif => Format::Gif,
     ImageType::Heif(Compression::Av1) => Format::Avif,
     ImageType::Heif(Compression::Hevc) => Format::Heic,
+    ImageType::Heif(_) => Format::Heif,
     ImageType::Bmp => Format::Bmp,
     ImageType::Tiff => Format::Tiff,
     ImageType::Ico => Format::Ico,
@@ -138,5 +146,75 @@ pub fn sniff(image: &[u8]) -> Option<Format> {
   };
 
   let size = imagesize::blob_size(image).ok()?;
-  (size.width > 0 && size.height > 0).then_some(format)
+  (size.width > 0 && size.height > 0 && has_end(format, image)).then_some(format)
+}
+
+/// Whether a JPEG or PNG reaches its end marker, so that an upload cut off after its header is
+/// refused. Other formats have no marker worth checking without decoding.
+fn has_end(format: Format, image: &[u8]) -> bool {
+  let find =
+    |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
+  match format {
+    // Entropy-coded data stuffs every 0xFF, so the first end-of-image marker after the first
+    // start-of-scan is the real one.
+    Format::Jpeg => {
+      find(image, b"\xff\xda").is_some_and(|scan| find(&image[scan..], b"\xff\xd9").is_some())
+    }
+    Format::Png => {
+      image.len() >= 12 && find(&image[image.len().saturating_sub(64)..], b"IEND").is_some()
+    }
+    _ => true,
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn list(names: &[&str]) -> FormatList {
+    FormatList::new(names.iter().map(|n| n.to_string()).collect()).unwrap()
+  }
+
+  // The header of a 1x1 PNG with its end chunk, and a GIF header of 1x1.
+  const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\0\0\0\0IEND\xaeB`\x82";
+  const GIF: &[u8] = b"GIF89a\x01\0\x01\0\0\0\0;";
+
+  #[test]
+  fn format_byte_is_one_plus_the_first_matching_name() {
+    assert_eq!(FormatList::default().format_byte(PNG), Ok(1));
+    assert_eq!(list(&["gif", "png"]).format_byte(PNG), Ok(2));
+    assert_eq!(list(&["gif", "png"]).format_byte(GIF), Ok(1));
+  }
+
+  #[test]
+  fn a_format_not_listed_is_an_invalid_image() {
+    let err = FormatList::default().format_byte(GIF).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidImage);
+    assert_eq!(err.message(), "Invalid image file");
+    assert!(err.detail().unwrap().contains("Gif"));
+  }
+
+  #[test]
+  fn signatures_without_a_header_are_not_images() {
+    for bad in [
+      &b""[..],
+      b"GIF89a",
+      b"\xff\xd8\xff\xe0",
+      b"hello!!",
+      &PNG[..33],
+    ] {
+      assert_eq!(sniff(bad), None, "{bad:?}");
+    }
+  }
+
+  #[test]
+  fn unknown_and_repeated_names_are_refused() {
+    for bad in [&["svg"][..], &["png", "png"], &[], &["PNG"]] {
+      let names = bad.iter().map(|n| n.to_string()).collect();
+      assert_eq!(
+        FormatList::new(names).unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+      );
+    }
+  }
 }

@@ -173,7 +173,10 @@ mod tests {
     assert_eq!((plain.dir(), plain.key()), (None, "mabc123xyz"));
 
     let prefixed = ImageId::parse("user_avatars-2:k0").unwrap();
-    assert_eq!((prefixed.dir(), prefixed.key()), (Some("user_avatars-2"), "k0"));
+    assert_eq!(
+      (prefixed.dir(), prefixed.key()),
+      (Some("user_avatars-2"), "k0")
+    );
     assert_eq!(prefixed.as_str(), "user_avatars-2:k0");
   }
 

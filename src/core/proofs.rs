@@ -63,7 +63,11 @@ impl ProofKey {
     }
 
     let windows: Vec<Option<u64>> = match window.number(now_ms) {
-      Some(n) => [Some(n), n.checked_sub(1)].into_iter().flatten().map(Some).collect(),
+      Some(n) => [Some(n), n.checked_sub(1)]
+        .into_iter()
+        .flatten()
+        .map(Some)
+        .collect(),
       None => vec![None],
     };
     // Every candidate is checked, so the time taken does not tell which window matched.
@@ -107,7 +111,11 @@ mod tests {
       (issued_at + 2 * LEN, false),
       (issued_at - LEN, false),
     ] {
-      assert_eq!(key().verify("a:b", &proof, Window::Millis(LEN), now), accepted, "{now}");
+      assert_eq!(
+        key().verify("a:b", &proof, Window::Millis(LEN), now),
+        accepted,
+        "{now}"
+      );
     }
   }
 

@@ -155,7 +155,10 @@ fn check_compatible(conn: &Connection, path: &Path) -> Result<()> {
     .map_err(read)?;
   tables.retain(|t| t != "image_records" && t != "pixstore_meta");
   if !tables.is_empty() {
-    return Err(refuse(format!("it has other tables ({})", tables.join(", "))));
+    return Err(refuse(format!(
+      "it has other tables ({})",
+      tables.join(", ")
+    )));
   }
 
   let found = columns(conn, "image_records").map_err(read)?;
@@ -206,7 +209,9 @@ pub fn get(conn: &Connection, id: &ImageId) -> Result<Option<StoredRecord>> {
     .prepare_cached("SELECT token, meta, file_version FROM image_records WHERE id = ?1")
     .and_then(|mut stmt| {
       stmt
-        .query_row([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .query_row([id.as_str()], |row| {
+          Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()
     })
     .map_err(|e| Error::database(&format!("read the record of {id}"), &e))?;
@@ -321,7 +326,12 @@ impl RecordWriter {
     let thread = std::thread::Builder::new()
       .name("pixstore-writer".into())
       .spawn(move || run_writer(conn, root, jobs))
-      .map_err(|e| Error::new(ErrorKind::Database, format!("Could not start the writer: {e}")))?;
+      .map_err(|e| {
+        Error::new(
+          ErrorKind::Database,
+          format!("Could not start the writer: {e}"),
+        )
+      })?;
     Ok(RecordWriter {
       queue: Mutex::new(Some(queue)),
       thread: Mutex::new(Some(thread)),
@@ -417,7 +427,12 @@ fn commit_batch(conn: &mut Connection, root: &ImageRoot, batch: &[Job]) -> Resul
             "INSERT INTO image_records(id, token, meta, file_version) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(id) DO NOTHING",
           )?
-          .execute(params![id.as_str(), now, meta.to_json(), version.to_column()])?;
+          .execute(params![
+            id.as_str(),
+            now,
+            meta.to_json(),
+            version.to_column()
+          ])?;
         if inserted == 1 {
           (Ok(Outcome::Written { token: now }), None)
         } else {
@@ -436,7 +451,12 @@ fn commit_batch(conn: &mut Connection, root: &ImageRoot, batch: &[Job]) -> Resul
           tx.prepare_cached(
             "UPDATE image_records SET token = ?2, meta = ?3, file_version = ?4 WHERE id = ?1",
           )?
-          .execute(params![id.as_str(), token, meta.to_json(), version.to_column()])?;
+          .execute(params![
+            id.as_str(),
+            token,
+            meta.to_json(),
+            version.to_column()
+          ])?;
           let replaced = root.file(id, &previous_version);
           (Ok(Outcome::Written { token }), Some(replaced))
         }

@@ -145,7 +145,10 @@ impl Store {
   pub async fn delete(self: &Arc<Self>, id: &str) -> Result<bool> {
     let _pass = self.gate.enter()?;
     let id = ImageId::parse(id)?;
-    let Outcome::Deleted { existed } = self.records.commit(Change::Delete { id: id.clone() }).await?
+    let Outcome::Deleted { existed } = self
+      .records
+      .commit(Change::Delete { id: id.clone() })
+      .await?
     else {
       unreachable!("a delete has a Deleted outcome");
     };
@@ -198,11 +201,8 @@ impl Store {
   /// writers (this instance included) are left: their records may be about to commit.
   pub fn sweep(&self) -> Result<SweepReport> {
     let found = self.root.list_files()?;
-    let named: HashSet<(ImageId, FileVersion)> = self
-      .reads
-      .with(records::all_files)?
-      .into_iter()
-      .collect();
+    let named: HashSet<(ImageId, FileVersion)> =
+      self.reads.with(records::all_files)?.into_iter().collect();
 
     let mut liveness = WriterLiveness::new(&self.root);
     let mut report = SweepReport::default();
@@ -369,7 +369,9 @@ fn read_image_file(path: &str) -> Result<Vec<u8>> {
     )
   };
   if path.is_empty() || path.contains('\0') {
-    return Err(unreadable("expected a file path without NUL characters".into()));
+    return Err(unreadable(
+      "expected a file path without NUL characters".into(),
+    ));
   }
   let metadata = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
   if !metadata.is_file() {

@@ -1,0 +1,104 @@
+import type { ImageRecord, PixstoreBackendConfig } from '../types/index.js'
+
+export { PixstoreError } from '../shared/index.js'
+
+/**
+ * Opens the store: merges `config` over the defaults, opens (or creates) the database and the
+ * image root. Call it before anything else; calling it again reconfigures. Throws at once on a
+ * bad configuration, whatever the error mode: a `TypeError` for a wrong type, a `PixstoreError`
+ * (`INVALID_CONFIG`, `INCOMPATIBLE_STORE`, `DATABASE_ERROR`, `STORAGE_ERROR`) otherwise.
+ *
+ * @example
+ * initPixstoreBackend({ imageRootDir: './data/images', databasePath: './data/pixstore.sqlite' })
+ */
+export declare function initPixstoreBackend(config?: PixstoreBackendConfig): void
+
+/**
+ * Waits for every call in progress, then closes the store. Later calls fail with
+ * `NOT_INITIALIZED` until `initPixstoreBackend` runs again.
+ *
+ * @example
+ * process.on('SIGTERM', async () => { await closePixstoreBackend(); process.exit(0) })
+ */
+export declare function closePixstoreBackend(): Promise<void>
+
+/**
+ * Encrypts and stores an image under a new id, `DIR:KEY` when `dir` is given. Resolves once the
+ * image is durable. `null` when the error mode absorbs a failure (`INVALID_IMAGE`,
+ * `INVALID_ARGUMENT` for a `dir` with nothing usable, ...).
+ *
+ * @example
+ * const record = await saveImage(await fs.readFile('cat.png'), 'avatars')
+ */
+export declare function saveImage(
+  buffer: Buffer | Uint8Array,
+  dir?: string,
+): Promise<ImageRecord | null>
+
+/**
+ * `saveImage` for the image in a file. `FILE_NOT_READABLE` when it cannot be read.
+ *
+ * @example
+ * const record = await saveImageFromFile('./uploads/cat.jpg')
+ */
+export declare function saveImageFromFile(
+  filePath: string,
+  dir?: string,
+): Promise<ImageRecord | null>
+
+/**
+ * Replaces the image of an existing id: new key, IV and file, and a larger token. `NOT_FOUND`
+ * (message `Image not found: <id>`) when there is no such image.
+ *
+ * @example
+ * const updated = await updateImage(record.id, newBytes)
+ */
+export declare function updateImage(
+  id: string,
+  buffer: Buffer | Uint8Array,
+): Promise<ImageRecord | null>
+
+/**
+ * `updateImage` with the image in a file.
+ *
+ * @example
+ * await updateImageFromFile(record.id, './uploads/cat-cropped.jpg')
+ */
+export declare function updateImageFromFile(
+  id: string,
+  filePath: string,
+): Promise<ImageRecord | null>
+
+/**
+ * Removes an image: `true` when its record or file existed and is now gone, `false` when
+ * neither existed.
+ *
+ * @example
+ * await deleteImage(record.id)
+ */
+export declare function deleteImage(id: string): Promise<boolean | null>
+
+/**
+ * Whether an image with this id exists.
+ *
+ * @example
+ * if (await imageExists(id)) ...
+ */
+export declare function imageExists(id: string): Promise<boolean | null>
+
+/**
+ * The original bytes of an image, decrypted; `null` when there is no such image.
+ * `INTEGRITY_ERROR` when its file is missing or was changed.
+ *
+ * @example
+ * const bytes = await readImage(record.id)
+ */
+export declare function readImage(id: string): Promise<Buffer | null>
+
+/**
+ * The record of an image, with a fresh proof; `null` when there is none. Synchronous.
+ *
+ * @example
+ * res.json(getImageRecord(req.params.id))
+ */
+export declare function getImageRecord(id: string): ImageRecord | null

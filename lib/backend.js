@@ -1,0 +1,84 @@
+'use strict'
+
+const native = require('./native.js')
+const args = require('./args.js')
+const { PixstoreError, settle } = require('./errors.js')
+const { guard, guardSync, setErrorHandlingMode } = require('./state.js')
+
+function initPixstoreBackend(config) {
+  const { config: checked, unknownKeys } = args.backendConfig(config)
+  if (unknownKeys.length > 0) {
+    throw new PixstoreError(
+      `Unknown configuration key ${unknownKeys.map((k) => JSON.stringify(k)).join(', ')}: ` +
+        `expected any of ${args.CONFIG_KEY_NAMES.join(', ')}`,
+      { code: 'INVALID_CONFIG' },
+    )
+  }
+  const { errorHandlingMode } = settle(native.init(checked))
+  setErrorHandlingMode(errorHandlingMode)
+}
+
+function closePixstoreBackend() {
+  return guard(() => native.close())
+}
+
+function saveImage(buffer, dir) {
+  return guard(async () => {
+    const image = args.bytes('saveImage', 'buffer', buffer)
+    return settle(await native.saveImage(image, args.optionalString('saveImage', 'dir', dir)))
+  })
+}
+
+function saveImageFromFile(filePath, dir) {
+  return guard(async () => {
+    const path = args.string('saveImageFromFile', 'filePath', filePath)
+    const prefix = args.optionalString('saveImageFromFile', 'dir', dir)
+    return settle(await native.saveImageFromFile(path, prefix))
+  })
+}
+
+function updateImage(id, buffer) {
+  return guard(async () => {
+    const checkedId = args.string('updateImage', 'id', id)
+    const image = args.bytes('updateImage', 'buffer', buffer)
+    return settle(await native.updateImage(checkedId, image))
+  })
+}
+
+function updateImageFromFile(id, filePath) {
+  return guard(async () => {
+    const checkedId = args.string('updateImageFromFile', 'id', id)
+    const path = args.string('updateImageFromFile', 'filePath', filePath)
+    return settle(await native.updateImageFromFile(checkedId, path))
+  })
+}
+
+function deleteImage(id) {
+  return guard(async () => settle(await native.deleteImage(args.string('deleteImage', 'id', id))))
+}
+
+function imageExists(id) {
+  return guard(async () => settle(await native.imageExists(args.string('imageExists', 'id', id))))
+}
+
+function readImage(id) {
+  return guard(async () => settle(await native.readImage(args.string('readImage', 'id', id))))
+}
+
+function getImageRecord(id) {
+  return guardSync(() => settle(native.getImageRecord(args.string('getImageRecord', 'id', id))))
+}
+
+module.exports = {
+  initPixstoreBackend,
+  closePixstoreBackend,
+  saveImage,
+  saveImageFromFile,
+  updateImage,
+  updateImageFromFile,
+  deleteImage,
+  imageExists,
+  readImage,
+  getImageRecord,
+  PixstoreError,
+}

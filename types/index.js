@@ -1,0 +1,4 @@
+'use strict'
+
+// `pixstore/types` holds types only.
+module.exports = {}

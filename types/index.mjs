@@ -1,0 +1,2 @@
+// `pixstore/types` holds types only.
+export {}
