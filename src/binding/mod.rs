@@ -168,7 +168,10 @@ pub async fn save_image(image: Buffer, dir: Option<String>) -> Either<ImageRecor
 }
 
 #[napi]
-pub async fn save_image_from_file(path: String, dir: Option<String>) -> Either<ImageRecord, Failure> {
+pub async fn save_image_from_file(
+  path: String,
+  dir: Option<String>,
+) -> Either<ImageRecord, Failure> {
   settle(async { current()?.save_from_file(path, dir).await.map(Into::into) }.await)
 }
 

@@ -104,7 +104,7 @@ impl Config {
 
     let proof_window = match input.stateless_key_window_length {
       None => Window::Millis(20_000),
-      Some(len) if len == -1.0 => Window::Never,
+      Some(-1.0) => Window::Never,
       Some(len) if len >= 1.0 && len.fract() == 0.0 && len <= 9_007_199_254_740_991.0 => {
         Window::Millis(len as u64)
       }

@@ -113,9 +113,9 @@ pub fn seal(format_byte: u8, image: &[u8]) -> (Vec<u8>, Meta) {
   )
 }
 
-/// Decrypts a file's ciphertext in place and splits off the format byte. A wrong key, a changed
-/// byte or a cut-off file fails the tag check.
-pub fn open(mut ciphertext: Vec<u8>, meta: &Meta) -> std::result::Result<(u8, Vec<u8>), ()> {
+/// Decrypts a file's ciphertext in place and splits off the format byte. `None` when the tag
+/// check fails: a wrong key, a changed byte or a cut-off file.
+pub fn open(mut ciphertext: Vec<u8>, meta: &Meta) -> Option<(u8, Vec<u8>)> {
   let cipher = Aes256Gcm::new(&meta.key.into());
   cipher
     .decrypt_in_place_detached(
@@ -124,13 +124,13 @@ pub fn open(mut ciphertext: Vec<u8>, meta: &Meta) -> std::result::Result<(u8, Ve
       &mut ciphertext,
       Tag::from_slice(&meta.tag),
     )
-    .map_err(|_| ())?;
+    .ok()?;
 
   if ciphertext.is_empty() {
-    return Err(());
+    return None;
   }
   let format_byte = ciphertext.remove(0);
-  Ok((format_byte, ciphertext))
+  Some((format_byte, ciphertext))
 }
 
 #[cfg(test)]
@@ -142,14 +142,14 @@ mod tests {
     let image = b"\x89PNG not really".to_vec();
     let (ciphertext, meta) = seal(1, &image);
     assert_eq!(ciphertext.len(), image.len() + 1);
-    assert_eq!(open(ciphertext, &meta), Ok((1, image)));
+    assert_eq!(open(ciphertext, &meta), Some((1, image)));
   }
 
   #[test]
   fn any_changed_byte_fails() {
     let (mut ciphertext, meta) = seal(3, b"jpeg bytes");
     ciphertext[4] ^= 1;
-    assert_eq!(open(ciphertext, &meta), Err(()));
+    assert_eq!(open(ciphertext, &meta), None);
   }
 
   #[test]

@@ -7,7 +7,7 @@
 //! removes files no record names.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::Semaphore;
@@ -320,8 +320,8 @@ impl Store {
     ))
   }
 
-  fn decrypt(&self, stored: &StoredRecord, path: &PathBuf, ciphertext: Vec<u8>) -> Result<Vec<u8>> {
-    let (_format_byte, image) = crypto::open(ciphertext, &stored.meta).map_err(|()| {
+  fn decrypt(&self, stored: &StoredRecord, path: &Path, ciphertext: Vec<u8>) -> Result<Vec<u8>> {
+    let (_format_byte, image) = crypto::open(ciphertext, &stored.meta).ok_or_else(|| {
       Error::new(
         ErrorKind::Integrity,
         format!(
