@@ -201,20 +201,27 @@ impl Store {
   /// writers (this instance included) are left: their records may be about to commit.
   pub fn sweep(&self) -> Result<SweepReport> {
     let found = self.root.list_files()?;
+
+    // Liveness is settled before the records are read: a writer found dead then can commit
+    // nothing later, so a file of its that no record names below is surely an orphan. (Asked
+    // the other way round, a writer could commit and die in between, and lose its image.)
+    let mut liveness = WriterLiveness::new(&self.root);
+    let live: Vec<bool> = found
+      .iter()
+      .map(|file| file.writer().is_some_and(|writer| liveness.is_live(writer)))
+      .collect();
+
     let named: HashSet<(ImageId, FileVersion)> =
       self.reads.with(records::all_files)?.into_iter().collect();
 
-    let mut liveness = WriterLiveness::new(&self.root);
     let mut report = SweepReport::default();
-    for file in found {
+    for (file, live) in found.into_iter().zip(live) {
       if named.contains(&(file.id.clone(), file.version.clone())) {
         continue;
       }
-      if file.writer().is_some_and(|writer| liveness.is_live(writer)) {
+      if live {
         report.left_to_live_writers += 1;
-        continue;
-      }
-      if files::remove_if_present(&file.path)? {
+      } else if files::remove_if_present(&file.path)? {
         report.removed += 1;
       }
     }
