@@ -48,6 +48,9 @@ export interface BackendConfig {
 /** Waits for every call in progress, then closes the store. Resolves at once when none is open. */
 export declare function close(): Promise<void>
 
+/** The wire payload for one request, for an app's own route. */
+export declare function customEndpointHelper(id: string, clientToken?: number | undefined | null, proof?: string | undefined | null): Promise<Buffer | Failure>
+
 export declare function deleteImage(id: string): Promise<boolean | Failure>
 
 /**
@@ -101,11 +104,14 @@ export interface InitResult {
   errorHandlingMode: string
 }
 
-export declare function readImage(id: string): Promise<Buffer | undefined | null | Failure>
+export declare function readImage(id: string): Promise<Buffer | null | Failure>
 
 export declare function saveImage(image: Buffer, dir?: string | undefined | null): Promise<ImageRecord | Failure>
 
 export declare function saveImageFromFile(path: string, dir?: string | undefined | null): Promise<ImageRecord | Failure>
+
+/** Stops the default endpoint of the open store, once its responses in flight are sent. */
+export declare function stopDefaultEndpoint(): Promise<undefined | Failure>
 
 export declare function updateImage(id: string, image: Buffer): Promise<ImageRecord | Failure>
 

@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.close = nativeBinding.close
+module.exports.customEndpointHelper = nativeBinding.customEndpointHelper
 module.exports.deleteImage = nativeBinding.deleteImage
 module.exports.getImageRecord = nativeBinding.getImageRecord
 module.exports.imageExists = nativeBinding.imageExists
@@ -843,5 +844,6 @@ module.exports.init = nativeBinding.init
 module.exports.readImage = nativeBinding.readImage
 module.exports.saveImage = nativeBinding.saveImage
 module.exports.saveImageFromFile = nativeBinding.saveImageFromFile
+module.exports.stopDefaultEndpoint = nativeBinding.stopDefaultEndpoint
 module.exports.updateImage = nativeBinding.updateImage
 module.exports.updateImageFromFile = nativeBinding.updateImageFromFile

@@ -102,3 +102,35 @@ export declare function readImage(id: string): Promise<Buffer | null>
  * res.json(getImageRecord(req.params.id))
  */
 export declare function getImageRecord(id: string): ImageRecord | null
+
+/**
+ * The wire payload for one image request, for serving from your own HTTP route instead of the
+ * default endpoint. Checks, in order: id present, proof present, proof valid, record exists,
+ * token equal; the first byte of the result is the state. `clientToken` may be a number, a
+ * numeric string, `NaN` or `undefined`; anything but a whole number counts as no token. Fails
+ * with `DEFAULT_ENDPOINT_RUNNING` while the default endpoint runs.
+ *
+ * @example
+ * app.get('/images/:id', async (req, res) => {
+ *   const payload = await customEndpointHelper(
+ *     req.params.id,
+ *     Number(req.query.token),
+ *     req.get('x-pixstore-proof'),
+ *   )
+ *   res.type('application/octet-stream').send(Buffer.from(payload))
+ * })
+ */
+export declare function customEndpointHelper(
+  id: string | undefined,
+  clientToken: number | string | undefined,
+  proof: string | undefined,
+): Promise<Uint8Array | null>
+
+/**
+ * Stops the default endpoint: resolves once the listener is closed and the responses in flight
+ * are sent. `closePixstoreBackend` stops it too.
+ *
+ * @example
+ * await stopDefaultEndpoint()
+ */
+export declare function stopDefaultEndpoint(): Promise<void>

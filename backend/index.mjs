@@ -12,5 +12,7 @@ export const {
   imageExists,
   readImage,
   getImageRecord,
+  customEndpointHelper,
+  stopDefaultEndpoint,
   PixstoreError,
 } = backend

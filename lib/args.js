@@ -49,6 +49,15 @@ function bytes(fn, name, value) {
   throw fail(fn, name, 'a Buffer or Uint8Array', value)
 }
 
+/**
+ * A client token as a request hands it over: a number, a numeric string (`req.query.token`),
+ * `NaN` or `undefined`. Anything but a safe integer counts as no token.
+ */
+function token(value) {
+  const number = typeof value === 'string' && /^\s*-?\d+\s*$/.test(value) ? Number(value) : value
+  return Number.isSafeInteger(number) ? number : undefined
+}
+
 const CONFIG_KEYS = {
   imageFormats: 'an array of format names',
   imageRootDir: 'a string',
@@ -108,6 +117,7 @@ module.exports = {
   string,
   optionalString,
   bytes,
+  token,
   backendConfig,
   CONFIG_KEY_NAMES: Object.keys(CONFIG_KEYS),
 }

@@ -69,6 +69,23 @@ function getImageRecord(id) {
   return guardSync(() => settle(native.getImageRecord(args.string('getImageRecord', 'id', id))))
 }
 
+function customEndpointHelper(id, clientToken, proof) {
+  return guard(async () => {
+    const fn = 'customEndpointHelper'
+    const checkedId = args.optionalString(fn, 'id', id) ?? ''
+    const checkedProof = args.optionalString(fn, 'proof', proof)
+    return settle(
+      await native.customEndpointHelper(checkedId, args.token(clientToken), checkedProof),
+    )
+  })
+}
+
+function stopDefaultEndpoint() {
+  return guard(async () => {
+    settle(await native.stopDefaultEndpoint())
+  })
+}
+
 module.exports = {
   initPixstoreBackend,
   closePixstoreBackend,
@@ -80,5 +97,7 @@ module.exports = {
   imageExists,
   readImage,
   getImageRecord,
+  customEndpointHelper,
+  stopDefaultEndpoint,
   PixstoreError,
 }

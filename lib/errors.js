@@ -13,6 +13,8 @@ const ERROR_CODES = Object.freeze([
   'STORAGE_ERROR',
   'DATABASE_ERROR',
   'INCOMPATIBLE_STORE',
+  'ENDPOINT_UNAVAILABLE',
+  'DEFAULT_ENDPOINT_RUNNING',
 ])
 
 class PixstoreError extends Error {

@@ -19,6 +19,7 @@ fn open(dir: &Path) -> Arc<Store> {
   let config = Config::resolve(ConfigInput {
     image_root_dir: Some(dir.join("images").to_string_lossy().into_owned()),
     database_path: Some(dir.join("store.sqlite").to_string_lossy().into_owned()),
+    default_endpoint_enabled: Some(false),
     ..Default::default()
   })
   .unwrap();
@@ -56,26 +57,44 @@ async fn save_update_read_delete() {
   let store = open(dir.path());
   let (png, jpeg) = (asset("vilnius-800.png"), asset("vilnius.jpg"));
 
-  let saved = store.save(png.clone(), Some("Trips".into())).await.unwrap();
+  let saved = store
+    .call()
+    .unwrap()
+    .save(png.clone(), Some("Trips".into()))
+    .await
+    .unwrap();
   assert!(saved.id.starts_with("trips:"));
-  assert_eq!(store.read(&saved.id).await.unwrap(), Some(png));
+  assert_eq!(
+    store.call().unwrap().read(&saved.id).await.unwrap(),
+    Some(png)
+  );
 
-  let updated = store.update(&saved.id, jpeg.clone()).await.unwrap();
+  let updated = store
+    .call()
+    .unwrap()
+    .update(&saved.id, jpeg.clone())
+    .await
+    .unwrap();
   assert!(updated.token > saved.token);
   assert_ne!(updated.key, saved.key);
-  assert_eq!(store.read(&saved.id).await.unwrap(), Some(jpeg));
+  assert_eq!(
+    store.call().unwrap().read(&saved.id).await.unwrap(),
+    Some(jpeg)
+  );
   assert_eq!(
     store.record(&saved.id).unwrap().unwrap().token,
     updated.token
   );
   assert_eq!(encrypted_files(&dir.path().join("images")).len(), 1);
 
-  assert!(store.delete(&saved.id).await.unwrap());
-  assert!(!store.delete(&saved.id).await.unwrap());
-  assert_eq!(store.read(&saved.id).await.unwrap(), None);
+  assert!(store.call().unwrap().delete(&saved.id).await.unwrap());
+  assert!(!store.call().unwrap().delete(&saved.id).await.unwrap());
+  assert_eq!(store.call().unwrap().read(&saved.id).await.unwrap(), None);
   assert!(encrypted_files(&dir.path().join("images")).is_empty());
 
   let missing = store
+    .call()
+    .unwrap()
     .update(&saved.id, asset("1-pixel.png"))
     .await
     .unwrap_err();
@@ -88,7 +107,12 @@ async fn save_update_read_delete() {
 async fn concurrent_updates_get_distinct_increasing_tokens() {
   let dir = tempfile::tempdir().unwrap();
   let store = open(dir.path());
-  let saved = store.save(asset("1-pixel.png"), None).await.unwrap();
+  let saved = store
+    .call()
+    .unwrap()
+    .save(asset("1-pixel.png"), None)
+    .await
+    .unwrap();
   let inputs = [
     asset("1-pixel.png"),
     asset("1-pixel.webp"),
@@ -98,7 +122,9 @@ async fn concurrent_updates_get_distinct_increasing_tokens() {
   let mut tasks = Vec::new();
   for i in 0..40 {
     let (store, id, image) = (store.clone(), saved.id.clone(), inputs[i % 3].clone());
-    tasks.push(tokio::spawn(async move { store.update(&id, image).await }));
+    tasks.push(tokio::spawn(async move {
+      store.call().unwrap().update(&id, image).await
+    }));
   }
   let mut tokens = Vec::new();
   for task in tasks {
@@ -111,7 +137,13 @@ async fn concurrent_updates_get_distinct_increasing_tokens() {
 
   let last = store.record(&saved.id).unwrap().unwrap();
   assert_eq!(last.token, *tokens.last().unwrap());
-  let image = store.read(&saved.id).await.unwrap().unwrap();
+  let image = store
+    .call()
+    .unwrap()
+    .read(&saved.id)
+    .await
+    .unwrap()
+    .unwrap();
   assert!(inputs.contains(&image));
   assert_eq!(encrypted_files(&dir.path().join("images")).len(), 1);
   store.close();
@@ -122,7 +154,12 @@ async fn sweep_removes_dead_writers_orphans_and_spares_live_ones() {
   let dir = tempfile::tempdir().unwrap();
   let root = dir.path().join("images");
   let first = open(dir.path());
-  let kept = first.save(asset("1-pixel.png"), None).await.unwrap();
+  let kept = first
+    .call()
+    .unwrap()
+    .save(asset("1-pixel.png"), None)
+    .await
+    .unwrap();
   first.close();
   drop(first);
 
@@ -130,6 +167,8 @@ async fn sweep_removes_dead_writers_orphans_and_spares_live_ones() {
   // under another key.
   let live = open(dir.path());
   let record = live
+    .call()
+    .unwrap()
     .save(asset("1-pixel.png"), Some("x".into()))
     .await
     .unwrap();
@@ -138,28 +177,55 @@ async fn sweep_removes_dead_writers_orphans_and_spares_live_ones() {
   let live_orphan = live_file.replacen(key, "k2", 1);
   std::fs::copy(root.join("x").join(&live_file), root.join(&live_orphan)).unwrap();
 
-  // And one of a writer that died mid-save: it has no lock file.
+  // One of a writer that died mid-save: its lock file is there, unlocked.
   let dead_orphan = "k1.deadwriter-0.pixstore-image";
   std::fs::write(root.join(dead_orphan), b"partial").unwrap();
+  std::fs::write(root.join(".pixstore/writers/deadwriter.lock"), b"").unwrap();
+
+  // One of a writer without a lock file, and a 3.x file without a record: not crash leftovers
+  // (a database restored from a backup looks like this), so they stay.
+  let unowned = ["k3.closedwrit-0.pixstore-image", "k4.pixstore-image"];
+  for name in unowned {
+    std::fs::write(root.join(name), b"unknown").unwrap();
+  }
 
   // Opening a store sweeps in the background; closing waits for the sweep.
   let second = open(dir.path());
   assert_eq!(
-    second.read(&kept.id).await.unwrap(),
+    second.call().unwrap().read(&kept.id).await.unwrap(),
     Some(asset("1-pixel.png"))
   );
   second.close();
   let files = encrypted_files(&root);
   assert!(!files.contains(&dead_orphan.to_string()));
+  assert!(!root.join(".pixstore/writers/deadwriter.lock").exists());
   assert!(files.contains(&live_orphan));
-  assert_eq!(files.len(), 3);
+  assert_eq!(files.len(), 5);
 
   let report = second.sweep().unwrap();
-  assert_eq!((report.removed, report.left_to_live_writers), (0, 1));
+  assert_eq!(
+    (
+      report.removed,
+      report.left_to_live_writers,
+      report.left_unowned
+    ),
+    (0, 1, 2)
+  );
+
+  // The live writer is killed: its lock file stays behind, unlocked, as after SIGKILL.
+  let lock = std::fs::read_dir(root.join(".pixstore/writers"))
+    .unwrap()
+    .flatten()
+    .map(|e| e.path())
+    .find(|p| live_orphan.contains(p.file_stem().unwrap().to_str().unwrap()))
+    .unwrap();
   live.close();
   drop(live);
-  assert_eq!(second.sweep().unwrap().removed, 1);
-  assert_eq!(encrypted_files(&root).len(), 2);
+  std::fs::write(&lock, b"").unwrap();
+  let report = second.sweep().unwrap();
+  assert_eq!((report.removed, report.left_unowned), (1, 2));
+  assert!(!lock.exists());
+  assert_eq!(encrypted_files(&root).len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,8 +250,13 @@ async fn reads_files_written_by_pixstore_3() {
     )
     .unwrap();
 
-  assert_eq!(store.read("old:legacy1").await.unwrap(), Some(image));
+  assert_eq!(
+    store.call().unwrap().read("old:legacy1").await.unwrap(),
+    Some(image)
+  );
   let updated = store
+    .call()
+    .unwrap()
     .update("old:legacy1", asset("1-pixel.png"))
     .await
     .unwrap();
@@ -195,7 +266,7 @@ async fn reads_files_written_by_pixstore_3() {
     .join("images/old/legacy1.pixstore-image")
     .exists());
   assert_eq!(
-    store.read("old:legacy1").await.unwrap(),
+    store.call().unwrap().read("old:legacy1").await.unwrap(),
     Some(asset("1-pixel.png"))
   );
   store.close();

@@ -4,9 +4,13 @@
 
 use std::sync::{Arc, RwLock};
 
-use napi::bindgen_prelude::{Buffer, Either, Error, Result};
+use std::future::Future;
+
+use napi::bindgen_prelude::{Buffer, Either, Error, PromiseRaw, Result, ToNapiValue};
+use napi::Env;
 use napi_derive::napi;
 
+use crate::core::store::Call;
 use crate::core::{self, ConfigInput, Store};
 
 /// The store of this process, shared by every import of the package.
@@ -162,42 +166,83 @@ pub async fn close() -> Result<()> {
   Ok(())
 }
 
-#[napi]
-pub async fn save_image(image: Buffer, dir: Option<String>) -> Either<ImageRecord, Failure> {
-  settle(async { current()?.save(image, dir).await.map(Into::into) }.await)
+/// Starts a call on the open store now, on the JavaScript thread, and runs the rest on the
+/// runtime. Starting it first means that a close or re-init made after this call waits for it
+/// instead of overtaking it.
+fn spawn<T, Fut>(
+  env: &Env,
+  work: impl FnOnce(core::Result<Call>) -> Fut,
+) -> Result<PromiseRaw<'_, Either<T, Failure>>>
+where
+  T: ToNapiValue + Send + 'static,
+  Fut: Future<Output = core::Result<T>> + Send + 'static,
+{
+  let pending = work(current().and_then(|store| store.call()));
+  env.spawn_future(async move { Ok(settle(pending.await)) })
 }
 
-#[napi]
-pub async fn save_image_from_file(
+#[napi(ts_return_type = "Promise<ImageRecord | Failure>")]
+pub fn save_image(
+  env: &Env,
+  image: Buffer,
+  dir: Option<String>,
+) -> Result<PromiseRaw<'_, Either<ImageRecord, Failure>>> {
+  spawn(env, |call| async move {
+    call?.save(image, dir).await.map(Into::into)
+  })
+}
+
+#[napi(ts_return_type = "Promise<ImageRecord | Failure>")]
+pub fn save_image_from_file(
+  env: &Env,
   path: String,
   dir: Option<String>,
-) -> Either<ImageRecord, Failure> {
-  settle(async { current()?.save_from_file(path, dir).await.map(Into::into) }.await)
+) -> Result<PromiseRaw<'_, Either<ImageRecord, Failure>>> {
+  spawn(env, |call| async move {
+    call?.save_from_file(path, dir).await.map(Into::into)
+  })
 }
 
-#[napi]
-pub async fn update_image(id: String, image: Buffer) -> Either<ImageRecord, Failure> {
-  settle(async { current()?.update(&id, image).await.map(Into::into) }.await)
+#[napi(ts_return_type = "Promise<ImageRecord | Failure>")]
+pub fn update_image(
+  env: &Env,
+  id: String,
+  image: Buffer,
+) -> Result<PromiseRaw<'_, Either<ImageRecord, Failure>>> {
+  spawn(env, |call| async move {
+    call?.update(&id, image).await.map(Into::into)
+  })
 }
 
-#[napi]
-pub async fn update_image_from_file(id: String, path: String) -> Either<ImageRecord, Failure> {
-  settle(async { current()?.update_from_file(&id, path).await.map(Into::into) }.await)
+#[napi(ts_return_type = "Promise<ImageRecord | Failure>")]
+pub fn update_image_from_file(
+  env: &Env,
+  id: String,
+  path: String,
+) -> Result<PromiseRaw<'_, Either<ImageRecord, Failure>>> {
+  spawn(env, |call| async move {
+    call?.update_from_file(&id, path).await.map(Into::into)
+  })
 }
 
-#[napi]
-pub async fn delete_image(id: String) -> Either<bool, Failure> {
-  settle(async { current()?.delete(&id).await }.await)
+#[napi(ts_return_type = "Promise<boolean | Failure>")]
+pub fn delete_image(env: &Env, id: String) -> Result<PromiseRaw<'_, Either<bool, Failure>>> {
+  spawn(env, |call| async move { call?.delete(&id).await })
 }
 
-#[napi]
-pub async fn image_exists(id: String) -> Either<bool, Failure> {
-  settle(async { current()?.exists(&id).await }.await)
+#[napi(ts_return_type = "Promise<boolean | Failure>")]
+pub fn image_exists(env: &Env, id: String) -> Result<PromiseRaw<'_, Either<bool, Failure>>> {
+  spawn(env, |call| async move { call?.exists(&id).await })
 }
 
-#[napi]
-pub async fn read_image(id: String) -> Either<Option<Buffer>, Failure> {
-  settle(async { Ok(current()?.read(&id).await?.map(Buffer::from)) }.await)
+#[napi(ts_return_type = "Promise<Buffer | null | Failure>")]
+pub fn read_image(
+  env: &Env,
+  id: String,
+) -> Result<PromiseRaw<'_, Either<Option<Buffer>, Failure>>> {
+  spawn(env, |call| async move {
+    Ok(call?.read(&id).await?.map(Buffer::from))
+  })
 }
 
 #[napi]
@@ -207,4 +252,35 @@ pub fn get_image_record(id: String) -> Either<Option<ImageRecord>, Failure> {
       .and_then(|store| store.record(&id))
       .map(|r| r.map(Into::into)),
   )
+}
+
+/// The wire payload for one request, for an app's own route.
+#[napi(ts_return_type = "Promise<Buffer | Failure>")]
+pub fn custom_endpoint_helper(
+  env: &Env,
+  id: String,
+  client_token: Option<i64>,
+  proof: Option<String>,
+) -> Result<PromiseRaw<'_, Either<Buffer, Failure>>> {
+  spawn(env, |call| async move {
+    let payload = call?.custom_payload(id, client_token, proof).await?;
+    Ok(Buffer::from(payload))
+  })
+}
+
+/// Stops the default endpoint of the open store, once its responses in flight are sent.
+#[napi]
+pub async fn stop_default_endpoint() -> Either<(), Failure> {
+  let stopped = async {
+    let store = current()?;
+    tokio::task::spawn_blocking(move || store.stop_endpoint())
+      .await
+      .map_err(|e| {
+        core::Error::new(
+          core::ErrorKind::EndpointUnavailable,
+          format!("Stopping the endpoint failed: {e}"),
+        )
+      })
+  };
+  settle(stopped.await)
 }

@@ -28,6 +28,10 @@ pub enum ErrorKind {
   Database,
   /// The database exists but is not a store this version can open.
   IncompatibleStore,
+  /// The default endpoint cannot listen on its host and port.
+  EndpointUnavailable,
+  /// `customEndpointHelper` was called while the default endpoint serves.
+  DefaultEndpointRunning,
 }
 
 impl ErrorKind {
@@ -45,6 +49,8 @@ impl ErrorKind {
       ErrorKind::Storage => "STORAGE_ERROR",
       ErrorKind::Database => "DATABASE_ERROR",
       ErrorKind::IncompatibleStore => "INCOMPATIBLE_STORE",
+      ErrorKind::EndpointUnavailable => "ENDPOINT_UNAVAILABLE",
+      ErrorKind::DefaultEndpointRunning => "DEFAULT_ENDPOINT_RUNNING",
     }
   }
 }

@@ -11,8 +11,9 @@
 //!
 //! Files are never overwritten: each write gets a new version, so until the record that names a
 //! file is committed, nothing else does. A file no record names is an orphan. An orphan whose
-//! writer's lock can be taken belonged to a dead writer and is removed by the sweep; a live
-//! writer's is left alone, since its record may be about to commit.
+//! writer's lock file is there and can be locked was left by a crash and is removed by the
+//! sweep; a live writer's is left alone, since its record may be about to commit. Files 3.x
+//! wrote, and files of writers that closed cleanly, are never removed by a sweep.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -277,10 +278,23 @@ impl Drop for Writer {
   }
 }
 
+/// What a sweep knows of a writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterState {
+  /// Its lock is held: it may still commit a record naming any of its files.
+  Live,
+  /// Its lock file is there but unlocked: it died (a crash, SIGKILL) and commits nothing more.
+  Dead,
+  /// No lock file: it closed cleanly, or a sweep already cleaned up after it. A file of its
+  /// that no record names was not left by a crash (a database restored from a backup, or
+  /// pointed at a new file, looks like this), so the sweep leaves it alone.
+  Gone,
+}
+
 /// Tells live writers from dead ones, asking each lock once.
 pub struct WriterLiveness<'a> {
   root: &'a ImageRoot,
-  known: HashMap<String, bool>,
+  known: HashMap<String, WriterState>,
 }
 
 impl<'a> WriterLiveness<'a> {
@@ -291,24 +305,48 @@ impl<'a> WriterLiveness<'a> {
     }
   }
 
-  /// Whether `writer` may still commit a record. A writer without a lock file, or whose lock
-  /// can be taken, is dead.
-  pub fn is_live(&mut self, writer: &str) -> bool {
+  pub fn state(&mut self, writer: &str) -> WriterState {
     let path = self.root.writers_folder().join(format!("{writer}.lock"));
     *self
       .known
       .entry(writer.to_owned())
-      .or_insert_with(|| match File::open(&path) {
-        Ok(file) => file.try_lock().is_err(),
-        Err(_) => false,
-      })
+      .or_insert_with(|| lock_state(&path))
   }
 
-  /// Removes the lock files of writers found dead.
-  pub fn remove_dead_locks(&self) {
-    for (writer, _) in self.known.iter().filter(|(_, live)| !**live) {
-      let _ = fs::remove_file(self.root.writers_folder().join(format!("{writer}.lock")));
+  /// Removes the lock files of every dead writer: those asked about, and those that left no
+  /// file behind. A lock still being registered (a `.lock.new` younger than a minute) is spared.
+  pub fn remove_dead_locks(&mut self) {
+    let folder = self.root.writers_folder();
+    let Ok(entries) = fs::read_dir(&folder) else {
+      return;
+    };
+    for entry in entries.flatten() {
+      let path = entry.path();
+      let name = entry.file_name().to_string_lossy().into_owned();
+      let dead = if let Some(writer) = name.strip_suffix(".lock") {
+        self.state(writer) == WriterState::Dead
+      } else if name.ends_with(".lock.new") {
+        let age = entry
+          .metadata()
+          .and_then(|m| m.modified())
+          .ok()
+          .and_then(|modified| modified.elapsed().ok());
+        age.is_some_and(|age| age.as_secs() > 60) && lock_state(&path) == WriterState::Dead
+      } else {
+        false
+      };
+      if dead {
+        let _ = fs::remove_file(&path);
+      }
     }
+  }
+}
+
+fn lock_state(path: &Path) -> WriterState {
+  match File::open(path) {
+    Ok(file) if file.try_lock().is_err() => WriterState::Live,
+    Ok(_) => WriterState::Dead,
+    Err(_) => WriterState::Gone,
   }
 }
 
@@ -369,11 +407,12 @@ mod tests {
     fs::write(&lock_path, b"").unwrap();
 
     let mut liveness = WriterLiveness::new(&root);
-    assert!(liveness.is_live(&live.id));
-    assert!(!liveness.is_live(&dead_id));
-    assert!(!liveness.is_live("nosuchwrit"));
+    assert_eq!(liveness.state(&live.id), WriterState::Live);
+    assert_eq!(liveness.state(&dead_id), WriterState::Dead);
+    assert_eq!(liveness.state("nosuchwrit"), WriterState::Gone);
     liveness.remove_dead_locks();
     assert!(!lock_path.exists());
+    assert!(live.lock_path.exists());
   }
 
   #[test]

@@ -152,19 +152,33 @@ pub fn sniff(image: &[u8]) -> Option<Format> {
 /// Whether a JPEG or PNG reaches its end marker, so that an upload cut off after its header is
 /// refused. Other formats have no marker worth checking without decoding.
 fn has_end(format: Format, image: &[u8]) -> bool {
-  let find =
-    |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
   match format {
-    // Entropy-coded data stuffs every 0xFF, so the first end-of-image marker after the first
-    // start-of-scan is the real one.
-    Format::Jpeg => {
-      find(image, b"\xff\xda").is_some_and(|scan| find(&image[scan..], b"\xff\xd9").is_some())
-    }
+    Format::Jpeg => jpeg_reaches_end(image),
     Format::Png => {
-      image.len() >= 12 && find(&image[image.len().saturating_sub(64)..], b"IEND").is_some()
+      let tail = &image[image.len().saturating_sub(64)..];
+      tail.windows(4).any(|w| w == b"IEND")
     }
     _ => true,
   }
+}
+
+/// Walks the JPEG's segments by their lengths to the first start-of-scan of the main image (so
+/// an Exif thumbnail's markers do not count), then looks for the end-of-image marker. Entropy-
+/// coded data stuffs every 0xFF, so the first 0xFF 0xD9 after it is the real end.
+fn jpeg_reaches_end(image: &[u8]) -> bool {
+  let mut at = 2;
+  while at + 4 <= image.len() {
+    if image[at] != 0xff {
+      return false;
+    }
+    match image[at + 1] {
+      0xff => at += 1,
+      0xda => return image[at..].windows(2).any(|w| w == [0xff, 0xd9]),
+      0x01 | 0xd0..=0xd7 => at += 2,
+      _ => at += 2 + u16::from_be_bytes([image[at + 2], image[at + 3]]) as usize,
+    }
+  }
+  false
 }
 
 #[cfg(test)]
@@ -205,6 +219,19 @@ mod tests {
     ] {
       assert_eq!(sniff(bad), None, "{bad:?}");
     }
+  }
+
+  #[test]
+  fn a_cut_off_jpeg_with_a_complete_exif_thumbnail_is_refused() {
+    // SOI, an APP1 segment holding a whole small JPEG, then a main image cut inside its scan.
+    let thumbnail = b"\xff\xd8\xff\xda\x00\x02\x11\xff\xd9";
+    let mut image = b"\xff\xd8\xff\xe1".to_vec();
+    image.extend_from_slice(&((thumbnail.len() + 2) as u16).to_be_bytes());
+    image.extend_from_slice(thumbnail);
+    image.extend_from_slice(b"\xff\xda\x00\x02\x22\x33");
+    assert!(!jpeg_reaches_end(&image));
+    image.extend_from_slice(b"\xff\xd9");
+    assert!(jpeg_reaches_end(&image));
   }
 
   #[test]

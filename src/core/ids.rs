@@ -58,9 +58,9 @@ impl ImageId {
   }
 
   /// Makes a new id: the time in milliseconds in base 36 and eight random base-36 characters,
-  /// prefixed by the cleaned `dir` when one is given.
+  /// prefixed by the cleaned `dir` when one is given. An empty `dir` is none, as in 3.x.
   pub fn generate(dir: Option<&str>) -> Result<Self> {
-    let dir = dir.map(clean_dir).transpose()?;
+    let dir = dir.filter(|d| !d.is_empty()).map(clean_dir).transpose()?;
 
     let mut key = to_base36(now_ms());
     let mut rng = rand::rng();
@@ -217,7 +217,8 @@ mod tests {
 
   #[test]
   fn dir_with_nothing_usable_is_an_error() {
-    for bad in ["", "   ", "../..", "/", "ÄÖÜ"] {
+    assert_eq!(ImageId::generate(Some("")).unwrap().dir(), None);
+    for bad in ["   ", "../..", "/", "ÄÖÜ"] {
       assert_eq!(
         clean_dir(bad).unwrap_err().kind(),
         ErrorKind::InvalidArgument,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod endpoint;
 pub mod error;
 pub mod files;
 pub mod formats;
@@ -10,6 +11,7 @@ pub mod ids;
 pub mod proofs;
 pub mod records;
 pub mod store;
+pub mod wire;
 
 pub use config::{Config, ConfigInput, ErrorHandlingMode};
 pub use error::{Error, ErrorKind, Result};

@@ -14,11 +14,13 @@ use tokio::sync::Semaphore;
 
 use super::config::Config;
 use super::crypto::{self, Meta};
+use super::endpoint::Endpoint;
 use super::error::{quote, Error, ErrorKind, Result};
-use super::files::{self, FileVersion, ImageRoot, Writer, WriterLiveness};
+use super::files::{self, FileVersion, ImageRoot, Writer, WriterLiveness, WriterState};
 use super::ids::{now_ms, ImageId};
 use super::proofs::ProofKey;
 use super::records::{self, Change, Outcome, ReadPool, RecordWriter, StoredRecord};
+use super::wire::{self, WireState};
 
 /// What callers get back for an image: its id, token, meta and a proof to fetch it with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +37,13 @@ pub struct ImageRecord {
 /// What a sweep found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
+  /// Orphans of dead writers, removed.
   pub removed: usize,
+  /// Files of live writers that no record names yet.
   pub left_to_live_writers: usize,
+  /// Files no record names whose writer closed cleanly, and 3.x files without a record: not
+  /// left by a crash, so never removed automatically.
+  pub left_unowned: usize,
 }
 
 /// An open store. Cheap to share: wrap it in an [`Arc`].
@@ -51,6 +58,7 @@ pub struct Store {
   /// Bounds how many images are being encrypted and written at once, so that a storm of large
   /// saves holds a few ciphertexts in memory rather than one per call.
   file_work: Semaphore,
+  endpoint: Mutex<Option<Endpoint>>,
 }
 
 impl Store {
@@ -73,7 +81,20 @@ impl Store {
       proof_key,
       gate: Gate::default(),
       file_work: Semaphore::new((parallel * 2).max(4)),
+      endpoint: Mutex::new(None),
     });
+
+    if store.config.default_endpoint_enabled {
+      let config = &store.config;
+      let endpoint = Endpoint::start(
+        Arc::downgrade(&store),
+        &config.default_endpoint_listen_host,
+        config.default_endpoint_listen_port,
+        &config.default_endpoint_route,
+        &config.access_control_allow_origin,
+      )?;
+      *store.endpoint.lock().expect("endpoint lock") = Some(endpoint);
+    }
 
     // The sweep counts as a call in progress, so `close` waits for it.
     store.gate.hold()?;
@@ -99,87 +120,13 @@ impl Store {
     &self.config
   }
 
-  /// Saves a new image, optionally under `dir`.
-  pub async fn save(
-    self: &Arc<Self>,
-    image: impl AsRef<[u8]> + Send + 'static,
-    dir: Option<String>,
-  ) -> Result<ImageRecord> {
-    let _pass = self.gate.enter()?;
-    let id = ImageId::generate(dir.as_deref())?;
-    self.write(id, image, false).await
-  }
-
-  /// Saves the image in the file at `path`.
-  pub async fn save_from_file(
-    self: &Arc<Self>,
-    path: String,
-    dir: Option<String>,
-  ) -> Result<ImageRecord> {
-    let _pass = self.gate.enter()?;
-    let id = ImageId::generate(dir.as_deref())?;
-    let image = self.blocking(move |_| read_image_file(&path)).await?;
-    self.write(id, image, false).await
-  }
-
-  /// Replaces the image of an existing id: new key, IV, file and a larger token.
-  pub async fn update(
-    self: &Arc<Self>,
-    id: &str,
-    image: impl AsRef<[u8]> + Send + 'static,
-  ) -> Result<ImageRecord> {
-    let _pass = self.gate.enter()?;
-    let id = ImageId::parse(id)?;
-    self.write(id, image, true).await
-  }
-
-  /// Replaces the image of an existing id with the one in the file at `path`.
-  pub async fn update_from_file(self: &Arc<Self>, id: &str, path: String) -> Result<ImageRecord> {
-    let _pass = self.gate.enter()?;
-    let id = ImageId::parse(id)?;
-    let image = self.blocking(move |_| read_image_file(&path)).await?;
-    self.write(id, image, true).await
-  }
-
-  /// Removes an image. `true` when a record or a 3.x file existed and is now gone.
-  pub async fn delete(self: &Arc<Self>, id: &str) -> Result<bool> {
-    let _pass = self.gate.enter()?;
-    let id = ImageId::parse(id)?;
-    let Outcome::Deleted { existed } = self
-      .records
-      .commit(Change::Delete { id: id.clone() })
-      .await?
-    else {
-      unreachable!("a delete has a Deleted outcome");
-    };
-    if existed {
-      return Ok(true);
-    }
-    // A 3.x file without a record still counts, as it did in 3.x.
-    self
-      .blocking(move |store| files::remove_if_present(&store.root.file(&id, &FileVersion::Legacy)))
-      .await
-  }
-
-  /// Whether a record, or a 3.x file, exists for `id`.
-  pub async fn exists(self: &Arc<Self>, id: &str) -> Result<bool> {
-    let _pass = self.gate.enter()?;
-    let id = ImageId::parse(id)?;
-    self
-      .blocking(move |store| {
-        if store.reads.with(|conn| records::get(conn, &id))?.is_some() {
-          return Ok(true);
-        }
-        Ok(store.root.file(&id, &FileVersion::Legacy).is_file())
-      })
-      .await
-  }
-
-  /// The original bytes of an image, or `None` when there is no such image.
-  pub async fn read(self: &Arc<Self>, id: &str) -> Result<Option<Vec<u8>>> {
-    let _pass = self.gate.enter()?;
-    let id = ImageId::parse(id)?;
-    self.blocking(move |store| store.read_now(&id)).await
+  /// Starts a call: from now until the [`Call`] is dropped, `close` waits for it. Take it when
+  /// the caller makes the call, so that a close or re-init that follows cannot overtake it.
+  pub fn call(self: &Arc<Self>) -> Result<Call> {
+    self.gate.hold()?;
+    Ok(Call {
+      store: Arc::clone(self),
+    })
   }
 
   /// The record of `id`, or `None`. Synchronous: reads on the calling thread.
@@ -197,32 +144,108 @@ impl Store {
       .verify(id, proof, self.config.proof_window, now_ms())
   }
 
-  /// Removes every encrypted file that no record names and whose writer is dead. Files of live
-  /// writers (this instance included) are left: their records may be about to commit.
+  /// The wire payload for a request. The checks run in 3.x's order: id present, proof present,
+  /// proof valid, record exists, token equal. Blocks on file and database reads.
+  pub fn payload(&self, id: &str, client_token: Option<i64>, proof: Option<&str>) -> Vec<u8> {
+    if id.is_empty() {
+      return wire::bare(WireState::MissingId);
+    }
+    let Some(proof) = proof.filter(|p| !p.is_empty()) else {
+      return wire::bare(WireState::MissingProof);
+    };
+    if !self.verify_proof(id, proof) {
+      return wire::bare(WireState::InvalidProof);
+    }
+    let Ok(id) = ImageId::parse(id) else {
+      return wire::bare(WireState::NotFound);
+    };
+    let Ok(_pass) = self.gate.enter() else {
+      return wire::bare(WireState::InternalError);
+    };
+    match self.payload_of(&id, client_token) {
+      Ok(Some(payload)) => payload,
+      Ok(None) => wire::bare(WireState::NotFound),
+      Err(_) => wire::bare(WireState::InternalError),
+    }
+  }
+
+  fn payload_of(&self, id: &ImageId, client_token: Option<i64>) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+
+    // As in `read_now`: a file removed by a concurrent write sends us back to the record.
+    for _ in 0..3 {
+      let Some(stored) = self.reads.with(|conn| records::get(conn, id))? else {
+        return Ok(None);
+      };
+      let path = self.root.file(id, &stored.version);
+      let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+        Err(e) => return Err(Error::storage("read the encrypted file", &path, &e)),
+      };
+      let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+      let current = client_token == Some(stored.token);
+      let mut payload = wire::header(current, stored.token as u64, &stored.meta, len);
+      file
+        .read_to_end(&mut payload)
+        .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
+      return Ok(Some(payload));
+    }
+    Err(Error::new(
+      ErrorKind::Integrity,
+      format!("The encrypted file of image {id} is missing"),
+    ))
+  }
+
+  /// Where the default endpoint listens, while it runs.
+  pub fn endpoint_address(&self) -> Option<std::net::SocketAddr> {
+    self
+      .endpoint
+      .lock()
+      .expect("endpoint lock")
+      .as_ref()
+      .map(Endpoint::address)
+  }
+
+  /// Stops the default endpoint once its responses in flight are sent. Blocks.
+  pub fn stop_endpoint(&self) {
+    let endpoint = self.endpoint.lock().expect("endpoint lock").take();
+    if let Some(mut endpoint) = endpoint {
+      endpoint.stop();
+    }
+  }
+
+  /// Removes every encrypted file that no record names and whose writer died, and the lock files
+  /// of dead writers. Files of live writers (this instance included) are left: their records may
+  /// be about to commit. So are files of writers that closed cleanly, and 3.x files.
   pub fn sweep(&self) -> Result<SweepReport> {
     let found = self.root.list_files()?;
 
-    // Liveness is settled before the records are read: a writer found dead then can commit
+    // Writers are asked before the records are read: a writer found dead then can commit
     // nothing later, so a file of its that no record names below is surely an orphan. (Asked
     // the other way round, a writer could commit and die in between, and lose its image.)
     let mut liveness = WriterLiveness::new(&self.root);
-    let live: Vec<bool> = found
+    let states: Vec<Option<WriterState>> = found
       .iter()
-      .map(|file| file.writer().is_some_and(|writer| liveness.is_live(writer)))
+      .map(|file| file.writer().map(|writer| liveness.state(writer)))
       .collect();
 
     let named: HashSet<(ImageId, FileVersion)> =
       self.reads.with(records::all_files)?.into_iter().collect();
 
     let mut report = SweepReport::default();
-    for (file, live) in found.into_iter().zip(live) {
+    for (file, state) in found.into_iter().zip(states) {
       if named.contains(&(file.id.clone(), file.version.clone())) {
         continue;
       }
-      if live {
-        report.left_to_live_writers += 1;
-      } else if files::remove_if_present(&file.path)? {
-        report.removed += 1;
+      match state {
+        Some(WriterState::Dead) => {
+          if files::remove_if_present(&file.path)? {
+            report.removed += 1;
+          }
+        }
+        Some(WriterState::Live) => report.left_to_live_writers += 1,
+        Some(WriterState::Gone) | None => report.left_unowned += 1,
       }
     }
     liveness.remove_dead_locks();
@@ -232,6 +255,7 @@ impl Store {
   /// Waits for every call in progress, commits what is queued and closes the database. Later
   /// calls fail with [`ErrorKind::NotInitialized`]. Blocks: call it off the JavaScript thread.
   pub fn close(&self) {
+    self.stop_endpoint();
     self.gate.close_and_wait();
     self.records.shut_down();
   }
@@ -364,6 +388,116 @@ impl Store {
     tokio::task::spawn_blocking(move || work(&store))
       .await
       .map_err(|e| Error::new(ErrorKind::Storage, format!("A store task failed: {e}")))?
+  }
+}
+
+/// One call in progress on a store, taken with [`Store::call`]. The store's operations are its
+/// methods; dropping it ends the call.
+pub struct Call {
+  store: Arc<Store>,
+}
+
+impl Drop for Call {
+  fn drop(&mut self) {
+    self.store.gate.release();
+  }
+}
+
+impl Call {
+  /// Saves a new image, optionally under `dir`.
+  pub async fn save(
+    &self,
+    image: impl AsRef<[u8]> + Send + 'static,
+    dir: Option<String>,
+  ) -> Result<ImageRecord> {
+    let id = ImageId::generate(dir.as_deref())?;
+    self.store.write(id, image, false).await
+  }
+
+  /// Saves the image in the file at `path`.
+  pub async fn save_from_file(&self, path: String, dir: Option<String>) -> Result<ImageRecord> {
+    let id = ImageId::generate(dir.as_deref())?;
+    let image = self.store.blocking(move |_| read_image_file(&path)).await?;
+    self.store.write(id, image, false).await
+  }
+
+  /// Replaces the image of an existing id: new key, IV, file and a larger token.
+  pub async fn update(
+    &self,
+    id: &str,
+    image: impl AsRef<[u8]> + Send + 'static,
+  ) -> Result<ImageRecord> {
+    let id = ImageId::parse(id)?;
+    self.store.write(id, image, true).await
+  }
+
+  /// Replaces the image of an existing id with the one in the file at `path`.
+  pub async fn update_from_file(&self, id: &str, path: String) -> Result<ImageRecord> {
+    let id = ImageId::parse(id)?;
+    let image = self.store.blocking(move |_| read_image_file(&path)).await?;
+    self.store.write(id, image, true).await
+  }
+
+  /// Removes an image. `true` when a record or a 3.x file existed and is now gone.
+  pub async fn delete(&self, id: &str) -> Result<bool> {
+    let id = ImageId::parse(id)?;
+    let Outcome::Deleted { existed } = self
+      .store
+      .records
+      .commit(Change::Delete { id: id.clone() })
+      .await?
+    else {
+      unreachable!("a delete has a Deleted outcome");
+    };
+    if existed {
+      return Ok(true);
+    }
+    // A 3.x file without a record counts, as it did in 3.x. (Sweeps never remove those.)
+    self
+      .store
+      .blocking(move |store| files::remove_if_present(&store.root.file(&id, &FileVersion::Legacy)))
+      .await
+  }
+
+  /// Whether a record, or a 3.x file, exists for `id`.
+  pub async fn exists(&self, id: &str) -> Result<bool> {
+    let id = ImageId::parse(id)?;
+    self
+      .store
+      .blocking(move |store| {
+        if store.reads.with(|conn| records::get(conn, &id))?.is_some() {
+          return Ok(true);
+        }
+        Ok(store.root.file(&id, &FileVersion::Legacy).is_file())
+      })
+      .await
+  }
+
+  /// The original bytes of an image, or `None` when there is no such image.
+  pub async fn read(&self, id: &str) -> Result<Option<Vec<u8>>> {
+    let id = ImageId::parse(id)?;
+    self.store.blocking(move |store| store.read_now(&id)).await
+  }
+
+  /// The wire payload for a request, for `customEndpointHelper`, which cannot be used while the
+  /// default endpoint serves (both would answer for the store, as in 3.x).
+  pub async fn custom_payload(
+    &self,
+    id: String,
+    client_token: Option<i64>,
+    proof: Option<String>,
+  ) -> Result<Vec<u8>> {
+    if self.store.endpoint_address().is_some() {
+      return Err(Error::new(
+        ErrorKind::DefaultEndpointRunning,
+        "customEndpointHelper cannot be used while the default endpoint is running: set \
+         defaultEndpointEnabled: false, or call stopDefaultEndpoint() first",
+      ));
+    }
+    self
+      .store
+      .blocking(move |store| Ok(store.payload(&id, client_token, proof.as_deref())))
+      .await
   }
 }
 
