@@ -36,6 +36,9 @@ const MAX_ENCODED_ID: usize = 1024;
 const PAYLOADS_IN_FLIGHT: usize = 32;
 /// How long a client may take to send its headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop waits for responses in flight before it drops the connections left: a
+/// client that stops reading must not hold the shutdown forever.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A running endpoint. Dropping it stops it.
 pub struct Endpoint {
@@ -195,7 +198,23 @@ async fn serve(
     }
   }
   drop(listener);
-  graceful.shutdown().await;
+  let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+}
+
+/// Decodes a percent-encoded id as `decodeURIComponent` would: `None` for a `%` without two hex
+/// digits after it, or for bytes that are not UTF-8.
+fn decode_id(encoded: &str) -> Option<String> {
+  let bytes = encoded.as_bytes();
+  let escapes_complete = bytes.iter().enumerate().all(|(i, &b)| {
+    b != b'%' || (bytes.len() > i + 2 && bytes[i + 1..i + 3].iter().all(u8::is_ascii_hexdigit))
+  });
+  if !escapes_complete {
+    return None;
+  }
+  percent_decode_str(encoded)
+    .decode_utf8()
+    .ok()
+    .map(|id| id.into_owned())
 }
 
 struct Routes {
@@ -217,10 +236,10 @@ impl Routes {
         encoded if encoded.len() > MAX_ENCODED_ID => {
           self.respond(StatusCode::URI_TOO_LONG, Body::Text("Image id too long"))
         }
-        encoded => match percent_decode_str(encoded).decode_utf8() {
-          Err(_) => self.respond(StatusCode::BAD_REQUEST, Body::Text("Malformed image id")),
-          Ok(id) => {
-            let payload = self.payload(id.into_owned(), &request).await;
+        encoded => match decode_id(encoded) {
+          None => self.respond(StatusCode::BAD_REQUEST, Body::Text("Malformed image id")),
+          Some(id) => {
+            let payload = self.payload(id, &request).await;
             self.respond(StatusCode::OK, Body::Payload(payload))
           }
         },
@@ -281,4 +300,18 @@ enum Body {
   Payload(Vec<u8>),
   Text(&'static str),
   Empty,
+}
+
+#[cfg(test)]
+mod tests {
+  use super::decode_id;
+
+  #[test]
+  fn decodes_ids_like_decode_uri_component() {
+    assert_eq!(decode_id("trips%3Aabc").as_deref(), Some("trips:abc"));
+    assert_eq!(decode_id("%2e%2E%2Fetc").as_deref(), Some("../etc"));
+    for malformed in ["%ZZ", "%", "abc%", "%4", "%E0%A4%A", "%C3%28", "%zz1"] {
+      assert_eq!(decode_id(malformed), None, "{malformed}");
+    }
+  }
 }

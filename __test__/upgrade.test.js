@@ -1,0 +1,250 @@
+// Stores written by pixstore 3.2.1 (the committed fixture, made by scripts/make-3x-fixture.mjs)
+// open, serve and keep working, and the upgrade that brings our columns in is atomic.
+
+const { execFileSync, spawn } = require('node:child_process')
+const crypto = require('node:crypto')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+
+const {
+  closePixstoreBackend,
+  customEndpointHelper,
+  deleteImage,
+  getImageRecord,
+  imageExists,
+  initPixstoreBackend,
+  readImage,
+  saveImage,
+  updateImage,
+} = require('pixstore/backend')
+const { asset } = require('./helpers.js')
+
+const FIXTURE = path.join(__dirname, 'fixtures', 'store-3x')
+const manifest = JSON.parse(fs.readFileSync(path.join(FIXTURE, 'manifest.json'), 'utf8'))
+
+function copyOfFixture() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pixstore-3x-'))
+  fs.cpSync(FIXTURE, dir, { recursive: true })
+  return {
+    dir,
+    config: {
+      imageRootDir: path.join(dir, 'images'),
+      databasePath: path.join(dir, 'pixstore.sqlite'),
+      defaultEndpointEnabled: false,
+      errorHandlingMode: 'throw',
+    },
+  }
+}
+
+function sqlite(database, sql) {
+  return execFileSync('sqlite3', [database, sql], { encoding: 'utf8' }).trim()
+}
+
+/** Every file under a folder with its bytes, for before/after comparisons. */
+function snapshot(dir) {
+  return fs
+    .readdirSync(dir, { recursive: true })
+    .filter((name) => fs.statSync(path.join(dir, name)).isFile())
+    .sort()
+    .map((name) => [name, fs.readFileSync(path.join(dir, name)).toString('base64')])
+}
+
+async function expectEveryImageIntact(images) {
+  for (const image of images) {
+    const bytes = await readImage(image.id)
+    expect({ id: image.id, same: bytes !== null && bytes.equals(asset(image.asset)) }).toEqual({
+      id: image.id,
+      same: true,
+    })
+    expect(await imageExists(image.id)).toBe(true)
+  }
+}
+
+beforeAll(() => closePixstoreBackend())
+afterEach(() => closePixstoreBackend())
+
+test('the fixture really is a 3.x store: three columns, no file versions', () => {
+  const db = path.join(FIXTURE, 'pixstore.sqlite')
+  expect(sqlite(db, "SELECT group_concat(name) FROM pragma_table_info('image_records')")).toBe(
+    'id,token,meta',
+  )
+  expect(manifest.images.length).toBeGreaterThanOrEqual(5)
+  expect(new Set(manifest.images.map((i) => i.id.split(':')[0])).size).toBeGreaterThanOrEqual(3)
+})
+
+test('every image 3.x wrote reads back byte for byte, with its token, and no file moves', async () => {
+  const store = copyOfFixture()
+  const before = snapshot(store.config.imageRootDir)
+  initPixstoreBackend(store.config)
+
+  await expectEveryImageIntact(manifest.images)
+  for (const image of manifest.images) {
+    expect(getImageRecord(image.id)).toMatchObject({ id: image.id, token: image.token })
+  }
+  for (const id of manifest.deleted) {
+    expect(await readImage(id)).toBeNull()
+    expect(await imageExists(id)).toBe(false)
+  }
+
+  await closePixstoreBackend()
+  const after = snapshot(store.config.imageRootDir).filter(([name]) => !name.startsWith('.'))
+  expect(after).toEqual(before)
+})
+
+test('old ids update and delete, new images live beside them, and all survive a reopen', async () => {
+  const store = copyOfFixture()
+  initPixstoreBackend(store.config)
+  const [kept, replaced, removed] = manifest.images
+  const legacyFile = path.join(
+    store.config.imageRootDir,
+    ...replaced.id.split(':').slice(0, -1),
+    `${replaced.id.split(':').pop()}.pixstore-image`,
+  )
+  expect(fs.existsSync(legacyFile)).toBe(true)
+
+  const updated = await updateImage(replaced.id, asset('vilnius-800.webp'))
+  expect(updated.token).toBeGreaterThan(replaced.token)
+  expect(fs.existsSync(legacyFile)).toBe(false)
+  expect(await deleteImage(removed.id)).toBe(true)
+  const added = await saveImage(asset('1-pixel.png'), replaced.id.includes(':') ? 'trips' : 'x')
+
+  const expected = manifest.images
+    .filter((image) => image.id !== removed.id)
+    .map((image) => (image.id === replaced.id ? { ...image, asset: 'vilnius-800.webp' } : image))
+    .concat([{ id: added.id, asset: '1-pixel.png' }])
+
+  await closePixstoreBackend()
+  initPixstoreBackend(store.config)
+  await expectEveryImageIntact(expected)
+  expect(await readImage(removed.id)).toBeNull()
+  expect(getImageRecord(kept.id)).toMatchObject({ token: kept.token })
+  expect(getImageRecord(replaced.id)).toMatchObject({ token: updated.token })
+})
+
+test('the upgrade adds a column and a table, once, and is idempotent', async () => {
+  const store = copyOfFixture()
+  const db = store.config.databasePath
+  for (let round = 0; round < 3; round++) {
+    initPixstoreBackend(store.config)
+    await closePixstoreBackend()
+  }
+  expect(sqlite(db, "SELECT group_concat(name) FROM pragma_table_info('image_records')")).toBe(
+    'id,token,meta,file_version',
+  )
+  expect(sqlite(db, "SELECT value FROM pixstore_meta WHERE name = 'schema_version'")).toBe('1')
+  expect(sqlite(db, 'SELECT count(*) FROM image_records WHERE file_version IS NULL')).toBe(
+    String(manifest.images.length),
+  )
+})
+
+test('both serving paths serve images 3.x wrote', async () => {
+  const store = copyOfFixture()
+  initPixstoreBackend(store.config)
+  for (const image of manifest.images) {
+    const record = getImageRecord(image.id)
+    const payload = Buffer.from(
+      await customEndpointHelper(image.id, undefined, record.statelessProof),
+    )
+    expect(payload[0]).toBe(1)
+    expect(payload.readBigUInt64LE(1)).toBe(BigInt(image.token))
+    const [key, iv, tag] = [
+      payload.subarray(9, 41),
+      payload.subarray(41, 53),
+      payload.subarray(53, 69),
+    ]
+    const decipher = crypto.createDecipheriv('aes-256-gcm', key, iv)
+    decipher.setAuthTag(tag)
+    const plain = Buffer.concat([decipher.update(payload.subarray(69)), decipher.final()])
+    expect(plain.subarray(1).equals(asset(image.asset))).toBe(true)
+
+    const current = await customEndpointHelper(image.id, image.token, record.statelessProof)
+    expect(Buffer.from(current).subarray(1).equals(payload.subarray(69))).toBe(true)
+    expect(current[0]).toBe(0)
+  }
+})
+
+/** A 3.x store of `count` images: the fixture's files copied under new keys, rows to match. */
+function bigLegacyStore(count) {
+  const store = copyOfFixture()
+  const [source] = manifest.images.filter((image) => !image.id.includes(':'))
+  const file = fs.readFileSync(path.join(store.config.imageRootDir, `${source.id}.pixstore-image`))
+  const bulk = path.join(store.config.imageRootDir, 'bulk')
+  fs.mkdirSync(bulk)
+  for (let i = 0; i < count; i++) fs.writeFileSync(path.join(bulk, `copy${i}.pixstore-image`), file)
+  sqlite(
+    store.config.databasePath,
+    `WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ${count})
+     INSERT INTO image_records(id, token, meta)
+     SELECT 'bulk:copy' || i, token, meta FROM n, image_records WHERE id = '${source.id}'`,
+  )
+  return { store, source }
+}
+
+test('killed at random moments while opening a 3.x store, the upgrade completes next time', async () => {
+  const { store, source } = bigLegacyStore(2000)
+  const child = path.join(__dirname, 'fixtures', 'upgrade-open.js')
+  let killedBeforeOpen = 0
+  for (let round = 0; round < 12; round++) {
+    const proc = spawn(process.execPath, [child, JSON.stringify(store.config)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
+    const exited = new Promise((resolve) => proc.on('exit', resolve))
+    let opened = false
+    proc.stdout.on('data', (chunk) => (opened ||= chunk.toString().includes('opened')))
+    await new Promise((resolve) => proc.on('spawn', resolve))
+    await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 100))
+    proc.kill('SIGKILL')
+    await exited
+    if (!opened) killedBeforeOpen += 1
+  }
+  expect(killedBeforeOpen).toBeGreaterThan(0)
+
+  initPixstoreBackend(store.config)
+  expect(sqlite(store.config.databasePath, 'SELECT count(*) FROM image_records')).toBe(
+    String(manifest.images.length + 2000),
+  )
+  await expectEveryImageIntact(manifest.images)
+  for (const i of [0, 777, 1999]) {
+    expect((await readImage(`bulk:copy${i}`)).equals(asset(source.asset))).toBe(true)
+  }
+}, 120_000)
+
+describe('a database that is not a Pixstore store is refused and left as it was', () => {
+  const cases = {
+    'another SQLite file': (db) =>
+      sqlite(db, 'CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)'),
+    'an image_records table with other columns': (db) =>
+      sqlite(db, 'CREATE TABLE image_records(id TEXT PRIMARY KEY, url TEXT)'),
+    'a store of a newer schema': (db) =>
+      sqlite(
+        db,
+        `CREATE TABLE image_records(id TEXT PRIMARY KEY, token INTEGER NOT NULL, meta TEXT NOT NULL,
+           file_version TEXT);
+         CREATE TABLE pixstore_meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
+         INSERT INTO pixstore_meta VALUES ('schema_version', 99);`,
+      ),
+    'a file that is not SQLite': (db) => fs.writeFileSync(db, crypto.randomBytes(4096)),
+  }
+
+  test.each(Object.keys(cases))('%s', (name) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pixstore-foreign-'))
+    const databasePath = path.join(dir, 'app.sqlite')
+    cases[name](databasePath)
+    const before = snapshot(dir)
+
+    let caught
+    try {
+      initPixstoreBackend({
+        databasePath,
+        imageRootDir: path.join(dir, 'images'),
+        defaultEndpointEnabled: false,
+      })
+    } catch (err) {
+      caught = err
+    }
+    expect(caught).toMatchObject({ name: 'PixstoreError', code: 'INCOMPATIBLE_STORE' })
+    expect(caught.message).toContain(databasePath)
+    expect(snapshot(dir).filter(([file]) => !file.startsWith('images'))).toEqual(before)
+  })
+})
