@@ -53,6 +53,9 @@ export declare function customEndpointHelper(id: string, clientToken?: number | 
 
 export declare function deleteImage(id: string): Promise<boolean | Failure>
 
+/** Gives every file of the open store 3.x's name, for going back to pixstore 3.x. */
+export declare function downgradeToLegacyNames(): Promise<number | Failure>
+
 /**
  * A failure of the store, handed to the JavaScript layer as a value, which turns it into a
  * `PixstoreError` and applies the error mode. (An async napi function can only reject with a

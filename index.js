@@ -838,6 +838,7 @@ module.exports = nativeBinding
 module.exports.close = nativeBinding.close
 module.exports.customEndpointHelper = nativeBinding.customEndpointHelper
 module.exports.deleteImage = nativeBinding.deleteImage
+module.exports.downgradeToLegacyNames = nativeBinding.downgradeToLegacyNames
 module.exports.getImageRecord = nativeBinding.getImageRecord
 module.exports.imageExists = nativeBinding.imageExists
 module.exports.init = nativeBinding.init

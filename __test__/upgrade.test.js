@@ -18,22 +18,24 @@ const {
   saveImage,
   updateImage,
 } = require('pixstore/backend')
+const {
+  FIXTURE,
+  legacyFile,
+  readManifest,
+  writeLegacyStore,
+} = require('../scripts/legacy-store.js')
 const { asset } = require('./helpers.js')
 
-const FIXTURE = path.join(__dirname, 'fixtures', 'store-3x')
-const manifest = JSON.parse(fs.readFileSync(path.join(FIXTURE, 'manifest.json'), 'utf8'))
+const manifest = readManifest()
 
-function copyOfFixture() {
+/** A copy of the fixture, grown by `extra` copies of its images. */
+function copyOfFixture(extra = 0) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pixstore-3x-'))
-  fs.cpSync(FIXTURE, dir, { recursive: true })
+  const { config, images } = writeLegacyStore(dir, extra)
   return {
     dir,
-    config: {
-      imageRootDir: path.join(dir, 'images'),
-      databasePath: path.join(dir, 'pixstore.sqlite'),
-      defaultEndpointEnabled: false,
-      errorHandlingMode: 'throw',
-    },
+    images,
+    config: { ...config, defaultEndpointEnabled: false, errorHandlingMode: 'throw' },
   }
 }
 
@@ -96,16 +98,12 @@ test('old ids update and delete, new images live beside them, and all survive a 
   const store = copyOfFixture()
   initPixstoreBackend(store.config)
   const [kept, replaced, removed] = manifest.images
-  const legacyFile = path.join(
-    store.config.imageRootDir,
-    ...replaced.id.split(':').slice(0, -1),
-    `${replaced.id.split(':').pop()}.pixstore-image`,
-  )
-  expect(fs.existsSync(legacyFile)).toBe(true)
+  const oldFile = legacyFile(store.config.imageRootDir, replaced.id)
+  expect(fs.existsSync(oldFile)).toBe(true)
 
   const updated = await updateImage(replaced.id, asset('vilnius-800.webp'))
   expect(updated.token).toBeGreaterThan(replaced.token)
-  expect(fs.existsSync(legacyFile)).toBe(false)
+  expect(fs.existsSync(oldFile)).toBe(false)
   expect(await deleteImage(removed.id)).toBe(true)
   const added = await saveImage(asset('1-pixel.png'), replaced.id.includes(':') ? 'trips' : 'x')
 
@@ -164,25 +162,8 @@ test('both serving paths serve images 3.x wrote', async () => {
   }
 })
 
-/** A 3.x store of `count` images: the fixture's files copied under new keys, rows to match. */
-function bigLegacyStore(count) {
-  const store = copyOfFixture()
-  const [source] = manifest.images.filter((image) => !image.id.includes(':'))
-  const file = fs.readFileSync(path.join(store.config.imageRootDir, `${source.id}.pixstore-image`))
-  const bulk = path.join(store.config.imageRootDir, 'bulk')
-  fs.mkdirSync(bulk)
-  for (let i = 0; i < count; i++) fs.writeFileSync(path.join(bulk, `copy${i}.pixstore-image`), file)
-  sqlite(
-    store.config.databasePath,
-    `WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ${count})
-     INSERT INTO image_records(id, token, meta)
-     SELECT 'bulk:copy' || i, token, meta FROM n, image_records WHERE id = '${source.id}'`,
-  )
-  return { store, source }
-}
-
 test('killed at random moments while opening a 3.x store, the upgrade completes next time', async () => {
-  const { store, source } = bigLegacyStore(2000)
+  const store = copyOfFixture(2000)
   const child = path.join(__dirname, 'fixtures', 'upgrade-open.js')
   let killedBeforeOpen = 0
   for (let round = 0; round < 12; round++) {
@@ -204,10 +185,7 @@ test('killed at random moments while opening a 3.x store, the upgrade completes 
   expect(sqlite(store.config.databasePath, 'SELECT count(*) FROM image_records')).toBe(
     String(manifest.images.length + 2000),
   )
-  await expectEveryImageIntact(manifest.images)
-  for (const i of [0, 777, 1999]) {
-    expect((await readImage(`bulk:copy${i}`)).equals(asset(source.asset))).toBe(true)
-  }
+  await expectEveryImageIntact(store.images.filter((_, i) => i % 97 === 0))
 }, 120_000)
 
 describe('a database that is not a Pixstore store is refused and left as it was', () => {
@@ -247,4 +225,52 @@ describe('a database that is not a Pixstore store is refused and left as it was'
     expect(caught.message).toContain(databasePath)
     expect(snapshot(dir).filter(([file]) => !file.startsWith('images'))).toEqual(before)
   })
+})
+
+test('`pixstore downgrade` gives every file 3.x name, so 3.x layout holds again', async () => {
+  const store = copyOfFixture()
+  initPixstoreBackend(store.config)
+  const [old] = manifest.images
+  await updateImage(old.id, asset('vilnius-800.webp'))
+  const added = await saveImage(asset('thumb-64.jpg'), 'trips')
+  await closePixstoreBackend()
+  const db = store.config.databasePath
+  expect(sqlite(db, 'SELECT count(*) FROM image_records WHERE file_version IS NOT NULL')).toBe('2')
+
+  const cli = path.join(__dirname, '..', 'bin', 'pixstore.js')
+  const out = execFileSync(
+    process.execPath,
+    [cli, 'downgrade', '--database', db, '--images', store.config.imageRootDir],
+    { encoding: 'utf8' },
+  )
+  expect(out).toMatch(/^Gave 2 file\(s\) pixstore 3\.x's name in \d+ ms\./)
+  expect(sqlite(db, 'SELECT count(*) FROM image_records WHERE file_version IS NOT NULL')).toBe('0')
+
+  // Each record's 3.x file decrypts under its meta, and no versioned file is left.
+  const expected = new Map(manifest.images.map((image) => [image.id, image.asset]))
+  expected.set(old.id, 'vilnius-800.webp').set(added.id, 'thumb-64.jpg')
+  for (const line of sqlite(db, 'SELECT id, meta FROM image_records').split('\n')) {
+    const [id, meta] = [
+      line.slice(0, line.indexOf('|')),
+      JSON.parse(line.slice(line.indexOf('|') + 1)),
+    ]
+    const file = legacyFile(store.config.imageRootDir, id)
+    const decipher = crypto.createDecipheriv(
+      'aes-256-gcm',
+      Buffer.from(meta.key, 'base64'),
+      Buffer.from(meta.iv, 'base64'),
+    )
+    decipher.setAuthTag(Buffer.from(meta.tag, 'base64'))
+    const plain = Buffer.concat([decipher.update(fs.readFileSync(file)), decipher.final()])
+    expect({ id, same: plain.subarray(1).equals(asset(expected.get(id))) }).toEqual({
+      id,
+      same: true,
+    })
+  }
+  const names = snapshot(store.config.imageRootDir).map(([name]) => path.basename(name))
+  expect(names.filter((name) => /\..+\.pixstore-image$/.test(name))).toEqual([])
+
+  // And this version still opens it.
+  initPixstoreBackend(store.config)
+  await expectEveryImageIntact([...expected].map(([id, name]) => ({ id, asset: name })))
 })

@@ -254,6 +254,15 @@ pub fn get_image_record(id: String) -> Either<Option<ImageRecord>, Failure> {
   )
 }
 
+/// Gives every file of the open store 3.x's name, for going back to pixstore 3.x.
+#[napi(ts_return_type = "Promise<number | Failure>")]
+pub fn downgrade_to_legacy_names(env: &Env) -> Result<PromiseRaw<'_, Either<u32, Failure>>> {
+  spawn(env, |call| async move {
+    let renamed = call?.downgrade_to_legacy_names().await?;
+    Ok(renamed as u32)
+  })
+}
+
 /// The wire payload for one request, for an app's own route.
 #[napi(ts_return_type = "Promise<Buffer | Failure>")]
 pub fn custom_endpoint_helper(

@@ -136,6 +136,23 @@ impl ImageRoot {
     }
   }
 
+  /// Gives a versioned file its 3.x name too, replacing whatever stood there, and makes the new
+  /// name durable. Linked where the filesystem allows, copied otherwise.
+  pub fn link_legacy_name(&self, id: &ImageId, version: &FileVersion) -> Result<()> {
+    let from = self.file(id, version);
+    let to = self.file(id, &FileVersion::Legacy);
+    let staging = self.folder(id).join(format!(".{}.downgrade", id.key()));
+    let _ = fs::remove_file(&staging);
+    fs::hard_link(&from, &staging)
+      .or_else(|_| {
+        fs::copy(&from, &staging)?;
+        File::open(&staging)?.sync_all()
+      })
+      .and_then(|()| fs::rename(&staging, &to))
+      .map_err(|e| Error::storage("give 3.x's name to", &from, &e))?;
+    sync_folder(&self.folder(id))
+  }
+
   /// Lists every encrypted file in the root and its folders, with the id and version its name
   /// stands for. Names of any other shape are not ours and are left out.
   pub fn list_files(&self) -> Result<Vec<StoredFile>> {

@@ -228,7 +228,7 @@ pub fn get(conn: &Connection, id: &ImageId) -> Result<Option<StoredRecord>> {
     .transpose()
 }
 
-/// Every record's id and file version, for the orphan sweep. Rows whose id or version this
+/// Every record's id and file version, for the orphan sweep and the downgrade. Rows whose id or version this
 /// version cannot parse are left out: their files are never touched.
 pub fn all_files(conn: &Connection) -> Result<Vec<(ImageId, FileVersion)>> {
   let rows: Vec<(String, Option<String>)> = conn
@@ -296,6 +296,10 @@ pub enum Change {
   },
   /// Removes a record.
   Delete { id: ImageId },
+  /// Points a record at 3.x's unversioned name of its file, which holds the same bytes; the
+  /// versioned file is removed after the commit. [`Outcome::Missing`] when the record no longer
+  /// names `version`.
+  ToLegacyName { id: ImageId, version: FileVersion },
 }
 
 /// What a committed change did.
@@ -380,7 +384,9 @@ fn run_writer(mut conn: Connection, root: ImageRoot, jobs: mpsc::Receiver<Job>) 
     let folders: BTreeSet<PathBuf> = batch
       .iter()
       .filter_map(|job| match &job.change {
-        Change::Insert { id, .. } | Change::Replace { id, .. } => Some(root.folder(id)),
+        Change::Insert { id, .. }
+        | Change::Replace { id, .. }
+        | Change::ToLegacyName { id, .. } => Some(root.folder(id)),
         Change::Delete { .. } => None,
       })
       .collect();
@@ -461,6 +467,20 @@ fn commit_batch(conn: &mut Connection, root: &ImageRoot, batch: &[Job]) -> Resul
           (Ok(Outcome::Written { token }), Some(replaced))
         }
       },
+      Change::ToLegacyName { id, version } => {
+        let renamed = tx
+          .prepare_cached(
+            "UPDATE image_records SET file_version = NULL WHERE id = ?1 AND file_version = ?2",
+          )?
+          .execute(params![id.as_str(), version.to_column()])?;
+        match renamed {
+          1 => {
+            let token = current(&tx, id)?.map_or(0, |(token, _)| token);
+            (Ok(Outcome::Written { token }), Some(root.file(id, version)))
+          }
+          _ => (Ok(Outcome::Missing), None),
+        }
+      }
       Change::Delete { id } => match current(&tx, id)? {
         None => (Ok(Outcome::Deleted { existed: false }), None),
         Some((_, previous_version)) => {

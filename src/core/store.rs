@@ -499,6 +499,36 @@ impl Call {
       .blocking(move |store| Ok(store.payload(&id, client_token, proof.as_deref())))
       .await
   }
+
+  /// Gives every file this version wrote 3.x's name (`KEY.pixstore-image`) and clears its
+  /// version, so that pixstore 3.x can open the store again; returns how many files were
+  /// renamed. For each file: a second name is linked (or a copy made) and made durable, the
+  /// record is committed, and only then the versioned name goes, so a crash leaves every record
+  /// naming a complete file and the command can run again. No other process may use the store
+  /// meanwhile.
+  pub async fn downgrade_to_legacy_names(&self) -> Result<usize> {
+    let versioned: Vec<(ImageId, FileVersion)> = self
+      .store
+      .blocking(|store| store.reads.with(records::all_files))
+      .await?
+      .into_iter()
+      .filter(|(_, version)| *version != FileVersion::Legacy)
+      .collect();
+
+    let mut renamed = 0;
+    for (id, version) in versioned {
+      let (link_id, link_version) = (id.clone(), version.clone());
+      self
+        .store
+        .blocking(move |store| store.root.link_legacy_name(&link_id, &link_version))
+        .await?;
+      let change = Change::ToLegacyName { id, version };
+      if let Outcome::Written { .. } = self.store.records.commit(change).await? {
+        renamed += 1;
+      }
+    }
+    Ok(renamed)
+  }
 }
 
 /// Reads an image file for `saveImageFromFile` and `updateImageFromFile`.
