@@ -27,7 +27,9 @@ async function scenario(name, ...args) {
   return JSON.parse(stdout.trim().split('\n').at(-1))
 }
 
-const pixstoreError = (code) => ({ error: expect.objectContaining({ name: 'PixstoreError', code }) })
+const pixstoreError = (code) => ({
+  error: expect.objectContaining({ name: 'PixstoreError', code }),
+})
 
 test('the module uses no Node API and imports nothing', () => {
   const source = fs.readFileSync(path.join(REPO, 'frontend', 'index.mjs'), 'utf8')
@@ -156,7 +158,10 @@ test('the connect host may be a full origin, a host name with the port, or IPv6'
     ipv6: `http://[::1]:3001/pixstore-image/${id}`,
     route: `http://img.example:3001/img/${id}`,
   })
-  expect(seen.headers).toEqual({ 'x-pixstore-token': '1796315836813', 'x-pixstore-proof': 'proof-xyz' })
+  expect(seen.headers).toEqual({
+    'x-pixstore-token': '1796315836813',
+    'x-pixstore-proof': 'proof-xyz',
+  })
   expect(seen.cache).toBe('no-store')
   for (const [host, result] of Object.entries(seen.rejected)) {
     expect({ host, result }).toEqual({ host, result: pixstoreError('INVALID_CONFIG') })
@@ -205,16 +210,31 @@ test('error handling modes, as in the backend', async () => {
       warnings: ['NOT_FOUND'],
       last: 'NOT_FOUND',
     },
-    throw: { pixstoreError: pixstoreError('NOT_FOUND'), typeError, warnings: [], last: 'NOT_FOUND' },
+    throw: {
+      pixstoreError: pixstoreError('NOT_FOUND'),
+      typeError,
+      warnings: [],
+      last: 'NOT_FOUND',
+    },
     warn: {
       pixstoreError: { value: null },
       typeError: { value: null },
       warnings: ['NOT_FOUND', expect.stringMatching(/^TypeError: getImage: record must be/)],
       last: 'NOT_FOUND',
     },
-    silent: { pixstoreError: { value: null }, typeError: { value: null }, warnings: [], last: 'NOT_FOUND' },
+    silent: {
+      pixstoreError: { value: null },
+      typeError: { value: null },
+      warnings: [],
+      last: 'NOT_FOUND',
+    },
     'custom-unset': { pixstoreError: notSet, typeError: notSet, warnings: [], last: 'NOT_FOUND' },
-    custom: { pixstoreError: { value: null }, typeError: { value: null }, warnings: [], last: 'NOT_FOUND' },
+    custom: {
+      pixstoreError: { value: null },
+      typeError: { value: null },
+      warnings: [],
+      last: 'NOT_FOUND',
+    },
   })
   expect(seen.handled).toEqual(['NOT_FOUND', 'TypeError'])
   expect(seen.lastIsPixstoreError).toBe(true)
@@ -231,7 +251,9 @@ test('error handling modes, as in the backend', async () => {
     badPort: pixstoreError('INVALID_CONFIG'),
     badFetcher: typeError,
   })
-  expect(seen.badConfig.unknownKey.error.message).toMatch(/unknown configuration key "imageRootDir"/)
+  expect(seen.badConfig.unknownKey.error.message).toMatch(
+    /unknown configuration key "imageRootDir"/,
+  )
   expect(seen.badIds).toEqual({
     deleteNumber: typeError,
     existsEmpty: pixstoreError('INVALID_ARGUMENT'),

@@ -80,7 +80,12 @@ export function getLastPixstoreError() {
 export function setCustomErrorHandler(handler) {
   try {
     if (typeof handler !== 'function') {
-      throw argumentTypeError('setCustomErrorHandler', 'handler', 'a function (err) => void', handler)
+      throw argumentTypeError(
+        'setCustomErrorHandler',
+        'handler',
+        'a function (err) => void',
+        handler,
+      )
     }
     customErrorHandler = handler
   } catch (err) {
@@ -160,14 +165,18 @@ function configError(key, rule, value) {
   )
 }
 
+function configTypeError(key, expected, value) {
+  return argumentTypeError('initPixstoreFrontend', key, expected, value)
+}
+
 function checkString(key, value) {
-  if (typeof value !== 'string') throw argumentTypeError('initPixstoreFrontend', key, 'a string', value)
+  if (typeof value !== 'string') throw configTypeError(key, 'a string', value)
   if (value.trim() === '') throw configError(key, 'a non-blank string', value)
   return value
 }
 
 function checkInteger(key, value, min, max = Number.MAX_SAFE_INTEGER) {
-  if (typeof value !== 'number') throw argumentTypeError('initPixstoreFrontend', key, 'a number', value)
+  if (typeof value !== 'number') throw configTypeError(key, 'a number', value)
   if (!Number.isInteger(value) || value < min || value > max) {
     const rule = max === Number.MAX_SAFE_INTEGER ? `at least ${min}` : `from ${min} to ${max}`
     throw configError(key, `a whole number ${rule}`, value)
@@ -177,14 +186,16 @@ function checkInteger(key, value, min, max = Number.MAX_SAFE_INTEGER) {
 
 function checkFormats(value) {
   if (!Array.isArray(value) || value.some((name) => typeof name !== 'string')) {
-    throw argumentTypeError('initPixstoreFrontend', 'imageFormats', 'an array of format names', value)
+    throw configTypeError('imageFormats', 'an array of format names', value)
   }
   if (value.length === 0) throw configError('imageFormats', 'a list of at least one format', value)
   for (const [index, name] of value.entries()) {
     if (!Object.hasOwn(MIME_TYPES, name)) {
       throw configError('imageFormats', `a list of ${Object.keys(MIME_TYPES).join(', ')}`, name)
     }
-    if (value.indexOf(name) !== index) throw configError('imageFormats', 'a list without repeats', name)
+    if (value.indexOf(name) !== index) {
+      throw configError('imageFormats', 'a list without repeats', name)
+    }
   }
   return Object.freeze([...value])
 }
@@ -240,7 +251,7 @@ function endpointOrigin(host, port) {
 function resolveSettings(config) {
   if (config === undefined || config === null) config = {}
   if (typeof config !== 'object' || Array.isArray(config)) {
-    throw argumentTypeError('initPixstoreFrontend', 'config', 'an object or undefined', config)
+    throw configTypeError('config', 'an object or undefined', config)
   }
   const unknown = Object.keys(config).filter((key) => !CONFIG_KEYS.includes(key))
   if (unknown.length > 0) {
@@ -254,7 +265,12 @@ function resolveSettings(config) {
   for (const key of CONFIG_KEYS) if (config[key] !== undefined) merged[key] = config[key]
 
   const imageFormats = checkFormats(merged.imageFormats)
-  const port = checkInteger('defaultEndpointConnectPort', merged.defaultEndpointConnectPort, 1, 65535)
+  const port = checkInteger(
+    'defaultEndpointConnectPort',
+    merged.defaultEndpointConnectPort,
+    1,
+    65535,
+  )
   const host =
     merged.defaultEndpointConnectHost === undefined
       ? globalThis.location?.hostname || 'localhost'
@@ -300,8 +316,7 @@ function settings() {
 export function initPixstoreFrontend(config, fetcher) {
   const next = resolveSettings(config)
   if (fetcher !== undefined && fetcher !== null && typeof fetcher !== 'function') {
-    throw argumentTypeError(
-      'initPixstoreFrontend',
+    throw configTypeError(
       'customFetcher',
       'a function (record, context) => Promise<Uint8Array>, or undefined',
       fetcher,
@@ -527,7 +542,12 @@ const UPDATED_HEADER = 1 + 8 + 32 + 12 + 16
 function checkRecord(record) {
   const fn = 'getImage'
   if (record === null || typeof record !== 'object') {
-    throw argumentTypeError(fn, 'record', 'an ImageRecord { id, token, meta, statelessProof }', record)
+    throw argumentTypeError(
+      fn,
+      'record',
+      'an ImageRecord { id, token, meta, statelessProof }',
+      record,
+    )
   }
   checkId(fn, record.id)
   if (typeof record.token !== 'number' || Number.isNaN(record.token)) {
@@ -626,7 +646,9 @@ function openPayload(payload, record) {
     case STATE.InternalError:
       throw endpointError(`The image endpoint could not read the encrypted file of ${id}`)
     default:
-      throw endpointError(`The image endpoint sent state byte ${payload[0]} for ${id}, not a wire payload`)
+      throw endpointError(
+        `The image endpoint sent state byte ${payload[0]} for ${id}, not a wire payload`,
+      )
   }
 }
 
@@ -646,7 +668,11 @@ async function decrypt(ciphertext, meta, id) {
 
   const key = await subtle.importKey('raw', meta.key, { name: 'AES-GCM' }, false, ['decrypt'])
   try {
-    const plain = await subtle.decrypt({ name: 'AES-GCM', iv: meta.iv, tagLength: 128 }, key, sealed)
+    const plain = await subtle.decrypt(
+      { name: 'AES-GCM', iv: meta.iv, tagLength: 128 },
+      key,
+      sealed,
+    )
     return new Uint8Array(plain)
   } catch (err) {
     throw new PixstoreError(
@@ -718,7 +744,10 @@ async function load(job, context) {
   const cached = await takeCached(record.id, record.token).catch(() => null)
   if (cached !== null) {
     try {
-      return { blob: imageBlob(await decrypt(cached, meta, record.id), record.id), token: record.token }
+      return {
+        blob: imageBlob(await decrypt(cached, meta, record.id), record.id),
+        token: record.token,
+      }
     } catch (err) {
       if (!(err instanceof PixstoreError) || err.code !== 'INTEGRITY_ERROR') throw err
       // A damaged entry: drop it and fetch the image again.

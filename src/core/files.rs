@@ -243,7 +243,7 @@ fn parse_version(version: &str) -> Option<(&str, &str)> {
 pub struct Writer {
   id: String,
   lock_path: PathBuf,
-  _lock: File,
+  lock: std::sync::Mutex<Option<File>>,
   seq: AtomicU64,
 }
 
@@ -277,9 +277,18 @@ impl Writer {
     Ok(Writer {
       id,
       lock_path,
-      _lock: lock,
+      lock: std::sync::Mutex::new(Some(lock)),
       seq: AtomicU64::new(0),
     })
+  }
+
+  /// Removes the lock file and lets go of the lock: this writer will write no more. The sweep
+  /// then counts it as closed cleanly.
+  pub fn release(&self) {
+    let lock = self.lock.lock().expect("writer lock").take();
+    if lock.is_some() {
+      let _ = fs::remove_file(&self.lock_path);
+    }
   }
 
   /// A version no other file of any writer has.
@@ -291,7 +300,7 @@ impl Writer {
 
 impl Drop for Writer {
   fn drop(&mut self) {
-    let _ = fs::remove_file(&self.lock_path);
+    self.release();
   }
 }
 

@@ -258,6 +258,7 @@ impl Store {
     self.stop_endpoint();
     self.gate.close_and_wait();
     self.records.shut_down();
+    self.writer.release();
   }
 
   /// Writes a new file for `id` and commits the record naming it; `replace` for updates.
