@@ -24,9 +24,39 @@ const {
   readManifest,
   writeLegacyStore,
 } = require('../scripts/legacy-store.js')
-const { asset } = require('./helpers.js')
+const { asset, freePort, JsonLines } = require('./helpers.js')
 
 const manifest = readManifest()
+
+/**
+ * Runs pixstore 3.2.1's own browser module (fixtures/interop-frontend.mjs, a fresh IndexedDB)
+ * against our default endpoint and fetches `records` through it, in order.
+ */
+async function fetchWith3xBrowser(port, records) {
+  const child = spawn(
+    process.execPath,
+    [
+      path.join(__dirname, 'fixtures', 'interop-frontend.mjs'),
+      JSON.stringify({
+        frontendConfig: {
+          defaultEndpointConnectHost: '127.0.0.1',
+          defaultEndpointConnectPort: port,
+        },
+      }),
+    ],
+    { cwd: path.join(__dirname, '..'), stdio: ['pipe', 'pipe', 'inherit'] },
+  )
+  const lines = new JsonLines(child.stdout)
+  await lines.next('ready', 15_000)
+  const results = []
+  for (const record of records) {
+    child.stdin.write(`${JSON.stringify({ op: 'getImage', record })}\n`)
+    results.push(await lines.next('result', 20_000))
+  }
+  child.stdin.end()
+  await new Promise((resolve) => child.on('exit', resolve))
+  return results
+}
 
 /** A copy of the fixture, grown by `extra` copies of its images. */
 function copyOfFixture(extra = 0) {
@@ -161,6 +191,28 @@ test('both serving paths serve images 3.x wrote', async () => {
     expect(current[0]).toBe(0)
   }
 })
+
+test('the real 3.x browser module fetches and decrypts images 3.x wrote, from our endpoint', async () => {
+  const store = copyOfFixture()
+  const port = await freePort()
+  initPixstoreBackend({
+    ...store.config,
+    defaultEndpointEnabled: true,
+    defaultEndpointListenHost: '127.0.0.1',
+    defaultEndpointListenPort: port,
+  })
+  const records = manifest.images.map((image) => getImageRecord(image.id))
+  const results = await fetchWith3xBrowser(port, records)
+  results.forEach((result, i) => {
+    const image = manifest.images[i]
+    expect({ id: image.id, ok: result.ok, requests: result.requests.length }).toEqual({
+      id: image.id,
+      ok: true,
+      requests: 1,
+    })
+    expect(Buffer.from(result.base64, 'base64').equals(asset(image.asset))).toBe(true)
+  })
+}, 60_000)
 
 test('killed at random moments while opening a 3.x store, the upgrade completes next time', async () => {
   const store = copyOfFixture(2000)

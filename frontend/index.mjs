@@ -336,8 +336,8 @@ export function initPixstoreFrontend(config, fetcher) {
   }
 }
 
-// The IndexedDB cache: one entry per id, `{ id, encrypted, token, lastUsed }`, the shape
-// pixstore 3.x uses, so that either version reads the other's cache.
+// The IndexedDB cache: one entry per id, `{ id, encrypted, token, lastUsed }`, in the database,
+// store and shape that pixstore 3.x uses, so that a cache 3.x filled keeps serving.
 
 const LAST_USED_INDEX = 'lastUsed'
 

@@ -38,14 +38,16 @@ function writeLegacyStore(dir, extra = 0) {
     rows.push(`('${folder}:${key}', '${source.id}')`)
     images.push({ id: `${folder}:${key}`, asset: source.asset })
   }
-  for (let start = 0; start < rows.length; start += 5000) {
-    const values = rows.slice(start, start + 5000).join(',')
-    execFileSync('sqlite3', [
-      databasePath,
-      `WITH copies(id, source) AS (VALUES ${values})
-       INSERT INTO image_records(id, token, meta)
-       SELECT copies.id, token, meta FROM copies JOIN image_records ON image_records.id = source`,
-    ])
+  if (rows.length > 0) {
+    // Through standard input: one argument of this size is more than exec allows.
+    execFileSync('sqlite3', [databasePath], {
+      input: `BEGIN;
+        CREATE TEMP TABLE copies(id TEXT, source TEXT);
+        INSERT INTO copies VALUES ${rows.join(',')};
+        INSERT INTO image_records(id, token, meta)
+          SELECT copies.id, token, meta FROM copies JOIN image_records ON image_records.id = source;
+        COMMIT;`,
+    })
   }
   return { config: { imageRootDir: root, databasePath }, images }
 }

@@ -516,16 +516,28 @@ impl Call {
       .filter(|(_, version)| *version != FileVersion::Legacy)
       .collect();
 
+    // Files are renamed many at a time, so that their commits share transactions.
     let mut renamed = 0;
-    for (id, version) in versioned {
-      let (link_id, link_version) = (id.clone(), version.clone());
-      self
-        .store
-        .blocking(move |store| store.root.link_legacy_name(&link_id, &link_version))
-        .await?;
-      let change = Change::ToLegacyName { id, version };
-      if let Outcome::Written { .. } = self.store.records.commit(change).await? {
-        renamed += 1;
+    for chunk in versioned.chunks(256) {
+      let mut tasks = tokio::task::JoinSet::new();
+      for (id, version) in chunk.iter().cloned() {
+        let store = Arc::clone(&self.store);
+        tasks.spawn(async move {
+          let (link_id, link_version) = (id.clone(), version.clone());
+          store
+            .blocking(move |store| store.root.link_legacy_name(&link_id, &link_version))
+            .await?;
+          let outcome = store
+            .records
+            .commit(Change::ToLegacyName { id, version })
+            .await?;
+          Ok::<_, Error>(matches!(outcome, Outcome::Written { .. }))
+        });
+      }
+      while let Some(done) = tasks.join_next().await {
+        let done =
+          done.map_err(|e| Error::new(ErrorKind::Storage, format!("A rename failed: {e}")))?;
+        renamed += usize::from(done?);
       }
     }
     Ok(renamed)
