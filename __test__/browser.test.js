@@ -12,7 +12,7 @@ const path = require('node:path')
 
 const { chromium } = require('playwright-core')
 
-const { assetPath, encryptedFileOf } = require('./helpers.js')
+const { assetPath, encryptedFileOf, freePort, JsonLines } = require('./helpers.js')
 
 const REPO = path.join(__dirname, '..')
 const CHROMIUM = '/usr/bin/chromium'
@@ -319,6 +319,56 @@ describe('the gallery in headless Chromium', () => {
     await page.waitForSelector('body[data-loaded="true"]')
     expect(await cardIds()).not.toContain(photo.id)
     expect(await cardIds()).toHaveLength(1)
+  })
+
+  test('the native default endpoint serves a page of another origin (CORS preflight)', async () => {
+    const port = await freePort()
+    const endpoint = spawn(
+      process.execPath,
+      [path.join(__dirname, 'fixtures', 'frontend-native-endpoint.mjs'), String(port)],
+      { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    try {
+      const { record } = await new JsonLines(endpoint.stdout).next('record')
+      const requested = []
+      const other = await browser.newPage()
+      other.on('request', (request) => {
+        if (request.url().startsWith(`http://127.0.0.1:${port}/`)) requested.push(request.method())
+      })
+      await other.goto(gallery.url)
+      await other.waitForSelector('body[data-loaded="true"]')
+
+      const seen = await other.evaluate(
+        async ({ record, port }) => {
+          const frontend = await import('/pixstore/frontend/index.mjs')
+          const show = async (config) => {
+            frontend.initPixstoreFrontend({ ...config, errorHandlingMode: 'throw' })
+            await frontend.deleteCachedImage(record.id)
+            const blob = await frontend.getImage(record)
+            const bitmap = await createImageBitmap(blob)
+            return { type: blob.type, width: bitmap.width, height: bitmap.height }
+          }
+          return {
+            byOrigin: await show({ defaultEndpointConnectHost: `http://127.0.0.1:${port}` }),
+            byHostAndPort: await show({
+              defaultEndpointConnectHost: '127.0.0.1',
+              defaultEndpointConnectPort: port,
+            }),
+            fromCache: await frontend.cachedImageExists(record.id),
+          }
+        },
+        { record, port },
+      )
+      await other.close()
+
+      const image = { type: 'image/png', width: 800, height: 533 }
+      expect(seen).toEqual({ byOrigin: image, byHostAndPort: image, fromCache: true })
+      expect(requested.filter((method) => method === 'GET')).toHaveLength(2)
+    } finally {
+      const exited = new Promise((resolve) => endpoint.once('exit', resolve))
+      endpoint.kill('SIGTERM')
+      await exited
+    }
   })
 
   test('the page logged no error', () => {

@@ -118,6 +118,8 @@ describe('routes, status codes and headers', () => {
       expect(current.status).toBe(200)
       expect(current.headers['content-type']).toBe('application/octet-stream')
       expect(current.headers['content-length']).toBe(String(1 + file.length))
+      // The payload depends on the proof and token headers: no cache may keep it.
+      expect(current.headers['cache-control']).toBe('no-store')
       expect(current.body.length).toBe(1 + file.length)
       expect(current.body[0]).toBe(WIRE.Success)
       expectCors(current)
@@ -126,6 +128,7 @@ describe('routes, status codes and headers', () => {
       expect(stale.status).toBe(200)
       expect(stale.headers['content-type']).toBe('application/octet-stream')
       expect(stale.headers['content-length']).toBe(String(stale.body.length))
+      expect(stale.headers['cache-control']).toBe('no-store')
       expect(stale.body.equals(updatedBytes(saved))).toBe(true)
       expectCors(stale)
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS};
-use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE};
+use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -269,6 +269,9 @@ impl Routes {
   }
 
   fn respond(&self, status: StatusCode, body: Body) -> Response<Full<Bytes>> {
+    // A payload depends on the proof and token headers, not only on the URL: no cache may keep
+    // one and hand it to another client.
+    let no_store = matches!(body, Body::Payload(_));
     let (content_type, bytes) = match body {
       Body::Payload(payload) => (Some("application/octet-stream"), Bytes::from(payload)),
       Body::Text(text) => (
@@ -282,6 +285,9 @@ impl Routes {
     let headers = response.headers_mut();
     if let Some(content_type) = content_type {
       headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    if no_store {
+      headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, self.cors_origin.clone());
     headers.insert(
