@@ -45,7 +45,11 @@ export interface BackendConfig {
   errorHandlingMode?: string
 }
 
-/** Waits for every call in progress, then closes the store. Resolves at once when none is open. */
+/**
+ * Waits for every call in progress, then closes the store, and waits for stores replaced by
+ * earlier re-inits to close. Takes the store when called, so a re-init right after it is not
+ * closed by it, and calls made after it fail with `NOT_INITIALIZED`.
+ */
 export declare function close(): Promise<void>
 
 /** The wire payload for one request, for an app's own route. */
@@ -53,8 +57,16 @@ export declare function customEndpointHelper(id: string, clientToken?: number | 
 
 export declare function deleteImage(id: string): Promise<boolean | Failure>
 
+/** What `downgradeToLegacyNames` did. */
+export interface DowngradeReport {
+  /** Files that now have 3.x's name. */
+  renamed: number
+  /** Records left as they were: `[id, reason]`. */
+  failed: Array<Array<string>>
+}
+
 /** Gives every file of the open store 3.x's name, for going back to pixstore 3.x. */
-export declare function downgradeToLegacyNames(): Promise<number | Failure>
+export declare function downgradeToLegacyNames(): Promise<DowngradeReport | Failure>
 
 /**
  * A failure of the store, handed to the JavaScript layer as a value, which turns it into a
@@ -113,8 +125,11 @@ export declare function saveImage(image: Buffer, dir?: string | undefined | null
 
 export declare function saveImageFromFile(path: string, dir?: string | undefined | null): Promise<ImageRecord | Failure>
 
-/** Stops the default endpoint of the open store, once its responses in flight are sent. */
-export declare function stopDefaultEndpoint(): Promise<undefined | Failure>
+/**
+ * Stops the default endpoint of the store open when called, once its responses in flight are
+ * sent.
+ */
+export declare function stopDefaultEndpoint(): Promise<void | Failure>
 
 export declare function updateImage(id: string, image: Buffer): Promise<ImageRecord | Failure>
 

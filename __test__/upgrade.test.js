@@ -1,7 +1,7 @@
 // Stores written by pixstore 3.2.1 (the committed fixture, made by scripts/make-3x-fixture.mjs)
 // open, serve and keep working, and the upgrade that brings our columns in is atomic.
 
-const { execFileSync, spawn } = require('node:child_process')
+const { execFileSync, spawn, spawnSync } = require('node:child_process')
 const crypto = require('node:crypto')
 const fs = require('node:fs')
 const os = require('node:os')
@@ -295,7 +295,7 @@ test('`pixstore downgrade` gives every file 3.x name, so 3.x layout holds again'
     [cli, 'downgrade', '--database', db, '--images', store.config.imageRootDir],
     { encoding: 'utf8' },
   )
-  expect(out).toMatch(/^Gave 2 file\(s\) pixstore 3\.x's name in \d+ ms\./)
+  expect(out).toMatch(/^Gave 2 file\(s\) pixstore 3\.x's name in \d+ ms\.\npixstore 3\.x can open/)
   expect(sqlite(db, 'SELECT count(*) FROM image_records WHERE file_version IS NOT NULL')).toBe('0')
 
   // Each record's 3.x file decrypts under its meta, and no versioned file is left.
@@ -325,4 +325,42 @@ test('`pixstore downgrade` gives every file 3.x name, so 3.x layout holds again'
   // And this version still opens it.
   initPixstoreBackend(store.config)
   await expectEveryImageIntact([...expected].map(([id, name]) => ({ id, asset: name })))
+})
+
+test('`pixstore downgrade` refuses a missing database and a store in use, and reports a missing file', async () => {
+  const store = copyOfFixture()
+  const cli = path.join(__dirname, '..', 'bin', 'pixstore.js')
+  const run = (...args) =>
+    spawnSync(process.execPath, [cli, 'downgrade', ...args], { encoding: 'utf8' })
+  const args = ['--database', store.config.databasePath, '--images', store.config.imageRootDir]
+
+  const typo = run(
+    '--database',
+    path.join(store.dir, 'typo.sqlite'),
+    '--images',
+    store.config.imageRootDir,
+  )
+  expect(typo.status).toBe(1)
+  expect(typo.stderr).toContain('no database at')
+  expect(fs.existsSync(path.join(store.dir, 'typo.sqlite'))).toBe(false)
+
+  initPixstoreBackend(store.config)
+  const [first, second] = manifest.images
+  await updateImage(first.id, asset('1-pixel.png'))
+  await updateImage(second.id, asset('1-pixel.webp'))
+  const busy = run(...args)
+  expect(busy.status).toBe(1)
+  expect(busy.stderr).toContain('STORE_IN_USE')
+  await closePixstoreBackend()
+
+  // One versioned file goes missing: the other is still renamed, the missing one reported.
+  const versioned = snapshot(store.config.imageRootDir)
+    .map(([name]) => name)
+    .filter((name) => /\..+\.pixstore-image$/.test(name))
+  expect(versioned).toHaveLength(2)
+  fs.rmSync(path.join(store.config.imageRootDir, versioned[0]))
+  const partial = run(...args)
+  expect(partial.status).toBe(1)
+  expect(partial.stdout).toContain('Gave 1 file(s)')
+  expect(partial.stderr).toContain('1 image(s) kept their version')
 })

@@ -38,6 +38,22 @@ async function main(argv) {
     return 2
   }
 
+  const fs = require('node:fs')
+  if (!fs.existsSync(values.database)) {
+    process.stderr.write(
+      `pixstore: no database at ${JSON.stringify(values.database)}: pass the databasePath your ` +
+        'app uses with --database (and its imageRootDir with --images)\n',
+    )
+    return 1
+  }
+  if (!fs.existsSync(values.images)) {
+    process.stderr.write(
+      `pixstore: no image root at ${JSON.stringify(values.images)}: pass the imageRootDir your ` +
+        'app uses with --images\n',
+    )
+    return 1
+  }
+
   const backend = require('../lib/backend.js')
   const native = require('../lib/native.js')
   const { settle } = require('../lib/errors.js')
@@ -48,12 +64,23 @@ async function main(argv) {
     errorHandlingMode: 'throw',
   })
   const started = Date.now()
-  const renamed = settle(await native.downgradeToLegacyNames())
-  await backend.closePixstoreBackend()
-  process.stdout.write(
-    `Gave ${renamed} file(s) pixstore 3.x's name in ${Date.now() - started} ms. ` +
-      'pixstore 3.x can open this store now.\n',
-  )
+  let report
+  try {
+    report = settle(await native.downgradeToLegacyNames())
+  } finally {
+    await backend.closePixstoreBackend()
+  }
+  const ms = Date.now() - started
+  process.stdout.write(`Gave ${report.renamed} file(s) pixstore 3.x's name in ${ms} ms.\n`)
+  if (report.failed.length > 0) {
+    for (const [id, reason] of report.failed) process.stderr.write(`  ${id}: ${reason}\n`)
+    process.stderr.write(
+      `${report.failed.length} image(s) kept their version (above): 3.x cannot read them. ` +
+        'Fix or delete them, then run the command again.\n',
+    )
+    return 1
+  }
+  process.stdout.write('pixstore 3.x can open this store now.\n')
   return 0
 }
 

@@ -15,6 +15,7 @@ const ERROR_CODES = Object.freeze([
   'INCOMPATIBLE_STORE',
   'ENDPOINT_UNAVAILABLE',
   'DEFAULT_ENDPOINT_RUNNING',
+  'STORE_IN_USE',
 ])
 
 class PixstoreError extends Error {

@@ -149,8 +149,30 @@ async fn concurrent_updates_get_distinct_increasing_tokens() {
   store.close();
 }
 
+/// Runs a sweep as the store does, off the runtime's threads.
+async fn sweep(store: &Arc<Store>) -> pixstore::core::store::SweepReport {
+  let store = Arc::clone(store);
+  tokio::task::spawn_blocking(move || store.sweep().unwrap())
+    .await
+    .unwrap()
+}
+
+/// Leaves what a writer killed by SIGKILL leaves: its lock file, unlocked, and its row in the
+/// database.
+fn leave_as_killed(dir: &Path, writer: &str) {
+  let root = dir.join("images");
+  std::fs::write(root.join(format!(".pixstore/writers/{writer}.lock")), b"").unwrap();
+  let conn = rusqlite::Connection::open(dir.join("store.sqlite")).unwrap();
+  conn
+    .execute(
+      "INSERT OR REPLACE INTO pixstore_writers(id, opened_ms) VALUES (?1, 0)",
+      [writer],
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sweep_removes_dead_writers_orphans_and_spares_live_ones() {
+async fn sweep_removes_dead_writers_orphans_and_spares_everything_else() {
   let dir = tempfile::tempdir().unwrap();
   let root = dir.path().join("images");
   let first = open(dir.path());
@@ -174,17 +196,31 @@ async fn sweep_removes_dead_writers_orphans_and_spares_live_ones() {
     .unwrap();
   let key = record.id.split_once(':').unwrap().1;
   let live_file = encrypted_files(&root.join("x")).pop().unwrap();
+  let live_writer = live_file
+    .split('.')
+    .nth(1)
+    .unwrap()
+    .split('-')
+    .next()
+    .unwrap()
+    .to_owned();
   let live_orphan = live_file.replacen(key, "k2", 1);
   std::fs::copy(root.join("x").join(&live_file), root.join(&live_orphan)).unwrap();
 
-  // One of a writer that died mid-save: its lock file is there, unlocked.
+  // A file of a writer this database knows, which died mid-save.
   let dead_orphan = "k1.deadwriter-0.pixstore-image";
   std::fs::write(root.join(dead_orphan), b"partial").unwrap();
-  std::fs::write(root.join(".pixstore/writers/deadwriter.lock"), b"").unwrap();
+  leave_as_killed(dir.path(), "deadwriter");
 
-  // One of a writer without a lock file, and a 3.x file without a record: not crash leftovers
-  // (a database restored from a backup looks like this), so they stay.
-  let unowned = ["k3.closedwrit-0.pixstore-image", "k4.pixstore-image"];
+  // Not crash leftovers of this database, so they stay: a dead writer it does not know (as
+  // after a restore from a backup, or with a new databasePath), a writer that closed cleanly,
+  // and a 3.x file without a record.
+  std::fs::write(root.join(".pixstore/writers/otherwrite.lock"), b"").unwrap();
+  let unowned = [
+    "k5.otherwrite-0.pixstore-image",
+    "k3.closedwrit-0.pixstore-image",
+    "k4.pixstore-image",
+  ];
   for name in unowned {
     std::fs::write(root.join(name), b"unknown").unwrap();
   }
@@ -199,33 +235,71 @@ async fn sweep_removes_dead_writers_orphans_and_spares_live_ones() {
   let files = encrypted_files(&root);
   assert!(!files.contains(&dead_orphan.to_string()));
   assert!(!root.join(".pixstore/writers/deadwriter.lock").exists());
+  assert!(root.join(".pixstore/writers/otherwrite.lock").exists());
   assert!(files.contains(&live_orphan));
-  assert_eq!(files.len(), 5);
+  assert_eq!(files.len(), 6, "{files:?}");
 
-  let report = second.sweep().unwrap();
+  let third = open(dir.path());
+  let report = sweep(&third).await;
   assert_eq!(
     (
       report.removed,
       report.left_to_live_writers,
       report.left_unowned
     ),
-    (0, 1, 2)
+    (0, 1, 3)
   );
 
-  // The live writer is killed: its lock file stays behind, unlocked, as after SIGKILL.
-  let lock = std::fs::read_dir(root.join(".pixstore/writers"))
-    .unwrap()
-    .flatten()
-    .map(|e| e.path())
-    .find(|p| live_orphan.contains(p.file_stem().unwrap().to_str().unwrap()))
-    .unwrap();
+  // The live writer is killed: now its orphan goes, and its committed file stays.
   live.close();
   drop(live);
-  std::fs::write(&lock, b"").unwrap();
-  let report = second.sweep().unwrap();
-  assert_eq!((report.removed, report.left_unowned), (1, 2));
-  assert!(!lock.exists());
-  assert_eq!(encrypted_files(&root).len(), 4);
+  leave_as_killed(dir.path(), &live_writer);
+  let report = sweep(&third).await;
+  assert_eq!((report.removed, report.left_unowned), (1, 3));
+  assert!(!root
+    .join(format!(".pixstore/writers/{live_writer}.lock"))
+    .exists());
+  assert_eq!(
+    third.call().unwrap().read(&record.id).await.unwrap(),
+    Some(asset("1-pixel.png"))
+  );
+  third.close();
+  assert_eq!(encrypted_files(&root).len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_file_whose_removal_was_cut_short_is_removed_by_the_next_sweep() {
+  let dir = tempfile::tempdir().unwrap();
+  let root = dir.path().join("images");
+  let store = open(dir.path());
+  let call = store.call().unwrap();
+  let saved = call.save(asset("1-pixel.png"), None).await.unwrap();
+  let old_file = encrypted_files(&root).pop().unwrap();
+  let old_bytes = std::fs::read(root.join(&old_file)).unwrap();
+  call.update(&saved.id, asset("1-pixel.webp")).await.unwrap();
+  drop(call);
+  store.close();
+
+  // As if the process died after the commit and before the unlink: the file is back, and so
+  // is its trash row.
+  std::fs::write(root.join(&old_file), old_bytes).unwrap();
+  let version = old_file.split('.').nth(1).unwrap();
+  rusqlite::Connection::open(dir.path().join("store.sqlite"))
+    .unwrap()
+    .execute(
+      "INSERT INTO pixstore_trash(id, file_version) VALUES (?1, ?2)",
+      [saved.id.as_str(), version],
+    )
+    .unwrap();
+
+  let reopened = open(dir.path());
+  reopened.close();
+  assert_eq!(encrypted_files(&root).len(), 1);
+  let left: i64 = rusqlite::Connection::open(dir.path().join("store.sqlite"))
+    .unwrap()
+    .query_row("SELECT count(*) FROM pixstore_trash", [], |row| row.get(0))
+    .unwrap();
+  assert_eq!(left, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,3 +63,4 @@ export type PixstoreErrorCode =
   | 'INCOMPATIBLE_STORE'
   | 'ENDPOINT_UNAVAILABLE'
   | 'DEFAULT_ENDPOINT_RUNNING'
+  | 'STORE_IN_USE'

@@ -2,7 +2,7 @@
 //! the one store of the process. Argument types and error modes are the JavaScript layer's
 //! (`lib/`); nothing here decides behaviour.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use std::future::Future;
 
@@ -15,6 +15,9 @@ use crate::core::{self, ConfigInput, Store};
 
 /// The store of this process, shared by every import of the package.
 static STORE: RwLock<Option<Arc<Store>>> = RwLock::new(None);
+
+/// Stores replaced by a re-init, closing in the background; `close` waits for them too.
+static RETIRED: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// A failure of the store, handed to the JavaScript layer as a value, which turns it into a
 /// `PixstoreError` and applies the error mode. (An async napi function can only reject with a
@@ -146,7 +149,8 @@ pub fn init(config: Option<BackendConfig>) -> Either<InitResult, Failure> {
     let store = Store::open(config)?;
     let replaced = STORE.write().expect("store lock").replace(store);
     if let Some(old) = replaced {
-      std::thread::spawn(move || old.close());
+      let closing = std::thread::spawn(move || old.close());
+      RETIRED.lock().expect("retired lock").push(closing);
     }
     Ok(InitResult {
       error_handling_mode: mode,
@@ -154,16 +158,31 @@ pub fn init(config: Option<BackendConfig>) -> Either<InitResult, Failure> {
   }))
 }
 
-/// Waits for every call in progress, then closes the store. Resolves at once when none is open.
-#[napi]
-pub async fn close() -> Result<()> {
+/// Waits for every call in progress, then closes the store, and waits for stores replaced by
+/// earlier re-inits to close. Takes the store when called, so a re-init right after it is not
+/// closed by it, and calls made after it fail with `NOT_INITIALIZED`.
+#[napi(ts_return_type = "Promise<void>")]
+pub fn close(env: &Env) -> Result<PromiseRaw<'_, ()>> {
   let store = STORE.write().expect("store lock").take();
-  if let Some(store) = store {
-    tokio::task::spawn_blocking(move || store.close())
-      .await
-      .map_err(|e| Error::from_reason(format!("Closing the store failed: {e}")))?;
-  }
-  Ok(())
+  let retired = std::mem::take(&mut *RETIRED.lock().expect("retired lock"));
+  env.spawn_future(async move {
+    tokio::task::spawn_blocking(move || {
+      if let Some(store) = store {
+        store.close();
+      }
+      for closing in retired {
+        let _ = closing.join();
+      }
+    })
+    .await
+    .map_err(|e| Error::from_reason(format!("Closing the store failed: {e}")))
+  })
+}
+
+/// Copies a caller's buffer at call time. Its memory belongs to the JavaScript environment, which
+/// a terminated worker thread frees at once, while the store may still be reading it.
+fn owned(image: Buffer) -> Vec<u8> {
+  image.to_vec()
 }
 
 /// Starts a call on the open store now, on the JavaScript thread, and runs the rest on the
@@ -187,6 +206,7 @@ pub fn save_image(
   image: Buffer,
   dir: Option<String>,
 ) -> Result<PromiseRaw<'_, Either<ImageRecord, Failure>>> {
+  let image = owned(image);
   spawn(env, |call| async move {
     call?.save(image, dir).await.map(Into::into)
   })
@@ -209,6 +229,7 @@ pub fn update_image(
   id: String,
   image: Buffer,
 ) -> Result<PromiseRaw<'_, Either<ImageRecord, Failure>>> {
+  let image = owned(image);
   spawn(env, |call| async move {
     call?.update(&id, image).await.map(Into::into)
   })
@@ -254,12 +275,30 @@ pub fn get_image_record(id: String) -> Either<Option<ImageRecord>, Failure> {
   )
 }
 
+/// What `downgradeToLegacyNames` did.
+#[napi(object)]
+pub struct DowngradeReport {
+  /// Files that now have 3.x's name.
+  pub renamed: u32,
+  /// Records left as they were: `[id, reason]`.
+  pub failed: Vec<Vec<String>>,
+}
+
 /// Gives every file of the open store 3.x's name, for going back to pixstore 3.x.
-#[napi(ts_return_type = "Promise<number | Failure>")]
-pub fn downgrade_to_legacy_names(env: &Env) -> Result<PromiseRaw<'_, Either<u32, Failure>>> {
+#[napi(ts_return_type = "Promise<DowngradeReport | Failure>")]
+pub fn downgrade_to_legacy_names(
+  env: &Env,
+) -> Result<PromiseRaw<'_, Either<DowngradeReport, Failure>>> {
   spawn(env, |call| async move {
-    let renamed = call?.downgrade_to_legacy_names().await?;
-    Ok(renamed as u32)
+    let report = call?.downgrade_to_legacy_names().await?;
+    Ok(DowngradeReport {
+      renamed: report.renamed as u32,
+      failed: report
+        .failed
+        .into_iter()
+        .map(|(id, why)| vec![id, why])
+        .collect(),
+    })
   })
 }
 
@@ -277,19 +316,12 @@ pub fn custom_endpoint_helper(
   })
 }
 
-/// Stops the default endpoint of the open store, once its responses in flight are sent.
-#[napi]
-pub async fn stop_default_endpoint() -> Either<(), Failure> {
-  let stopped = async {
-    let store = current()?;
-    tokio::task::spawn_blocking(move || store.stop_endpoint())
-      .await
-      .map_err(|e| {
-        core::Error::new(
-          core::ErrorKind::EndpointUnavailable,
-          format!("Stopping the endpoint failed: {e}"),
-        )
-      })
-  };
-  settle(stopped.await)
+/// Stops the default endpoint of the store open when called, once its responses in flight are
+/// sent.
+#[napi(ts_return_type = "Promise<void | Failure>")]
+pub fn stop_default_endpoint(env: &Env) -> Result<PromiseRaw<'_, Either<(), Failure>>> {
+  spawn(env, |call| async move {
+    let call = call?;
+    call.stop_endpoint().await
+  })
 }

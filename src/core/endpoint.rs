@@ -9,14 +9,19 @@
 //! - `OPTIONS` anything: `204`; any other path or method: `404`.
 //!
 //! Every response carries the CORS headers. The listening socket sets `SO_REUSEPORT`, so the
-//! processes of one app (Node's cluster module, PM2) each listen on the same port.
+//! processes of one app (Node's cluster module, PM2) each listen on the same port. Before it
+//! binds, an endpoint asks whoever already listens there for its store identity
+//! (`GET /.pixstore/identity`), and shares the port only with endpoints of the same store.
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http_body_util::Full;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body::{Frame, SizeHint};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS};
 use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE};
@@ -25,15 +30,31 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use percent_encoding::percent_decode_str;
 use socket2::{Domain, Socket, Type};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::error::{Error, ErrorKind, Result};
 use super::store::Store;
+use super::wire::{self, WireState};
 
 /// Longest percent-encoded id accepted in a path; longer is `414`.
 const MAX_ENCODED_ID: usize = 1024;
 /// Payloads being built at once. Each holds one ciphertext in memory.
 const PAYLOADS_IN_FLIGHT: usize = 32;
+/// Payload bytes held for responses not yet sent, over all connections, in units of
+/// [`CHUNK`]: 256 MiB. A client that stops reading holds its share until its connection ends,
+/// and requests beyond the budget wait, so memory stays bounded whatever clients do.
+const PAYLOAD_BUDGET: usize = 4096;
+/// A response body is handed to the connection a chunk at a time, so it is only held, not
+/// copied into the connection's buffers, while the client is slow.
+const CHUNK: usize = 64 * 1024;
+/// How long one connection may live, so that a stalled client gives its budget back.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// Where an endpoint tells which store it serves.
+const IDENTITY_PATH: &str = "/.pixstore/identity";
+const IDENTITY_HEADER: &str = "x-pixstore-store";
+/// How long the check of a port already in use waits for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a client may take to send its headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stop waits for responses in flight before it drops the connections left: a
@@ -53,12 +74,23 @@ impl Endpoint {
   /// naming host and port.
   pub fn start(
     store: Weak<Store>,
+    identity: String,
     host: &str,
     port: u16,
     route: &str,
     origin: &str,
   ) -> Result<Self> {
     let address = resolve(host, port)?;
+    if let Some(holder) = other_listener(address, &identity) {
+      return Err(Error::new(
+        ErrorKind::EndpointUnavailable,
+        format!(
+          "The default endpoint cannot listen on {host}:{port}: the port is in use by {holder}. \
+           Choose another defaultEndpointListenPort, or set defaultEndpointEnabled: false and \
+           serve with customEndpointHelper"
+        ),
+      ));
+    }
     let listener = bind(address).map_err(|e| {
       Error::new(
         ErrorKind::EndpointUnavailable,
@@ -93,6 +125,7 @@ impl Endpoint {
 
     let routes = Arc::new(Routes {
       store,
+      identity: HeaderValue::from_str(&identity).expect("base64url is a header value"),
       route: route.trim_end_matches('/').to_owned(),
       cors_origin: HeaderValue::from_str(origin).map_err(|_| {
         Error::new(
@@ -101,6 +134,7 @@ impl Endpoint {
         )
       })?,
       payloads: Semaphore::new(PAYLOADS_IN_FLIGHT),
+      budget: Arc::new(Semaphore::new(PAYLOAD_BUDGET)),
     });
     let (stop, stopped) = oneshot::channel();
     let (done, finished) = std::sync::mpsc::channel();
@@ -158,6 +192,40 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
     })
 }
 
+/// Who else listens on `address`, when it is not an endpoint of the store named `identity`:
+/// `None` when nobody listens, or when the port can be shared. Something that accepts but does
+/// not answer like an endpoint of this store counts as another app.
+fn other_listener(address: SocketAddr, identity: &str) -> Option<&'static str> {
+  use std::io::{Read, Write};
+
+  let mut target = address;
+  if target.ip().is_unspecified() {
+    target.set_ip(match address {
+      SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+      SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    });
+  }
+  let mut stream = std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).ok()?;
+  let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
+  let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
+  let request =
+    format!("GET {IDENTITY_PATH} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+  if stream.write_all(request.as_bytes()).is_err() {
+    return Some("another program");
+  }
+  let mut answer = Vec::new();
+  let _ = stream.take(16 * 1024).read_to_end(&mut answer);
+  let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+  let ours = format!("{IDENTITY_HEADER}: {}", identity.to_ascii_lowercase());
+  if answer.lines().any(|line| line.trim_end() == ours) {
+    None
+  } else if answer.contains(IDENTITY_HEADER) {
+    Some("the endpoint of another Pixstore store")
+  } else {
+    Some("another program")
+  }
+}
+
 fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
   let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
   socket.set_reuse_address(true)?;
@@ -183,7 +251,11 @@ async fn serve(
   loop {
     tokio::select! {
       accepted = listener.accept() => {
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, _)) = accepted else {
+          // Out of file descriptors, most likely: wait for connections to end rather than spin.
+          tokio::time::sleep(Duration::from_millis(100)).await;
+          continue;
+        };
         let routes = Arc::clone(&routes);
         let service = hyper::service::service_fn(move |request| {
           let routes = Arc::clone(&routes);
@@ -191,7 +263,7 @@ async fn serve(
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-          let _ = connection.await;
+          let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
         });
       }
       _ = &mut stopped => break,
@@ -219,18 +291,27 @@ fn decode_id(encoded: &str) -> Option<String> {
 
 struct Routes {
   store: Weak<Store>,
+  identity: HeaderValue,
   route: String,
   cors_origin: HeaderValue,
   payloads: Semaphore,
+  budget: Arc<Semaphore>,
 }
 
 impl Routes {
-  async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+  async fn answer(&self, request: Request<Incoming>) -> Response<Chunked> {
     let path = request.uri().path();
     let is_ours = path == self.route || path.starts_with(&format!("{}/", self.route));
 
     match *request.method() {
       Method::OPTIONS => self.respond(StatusCode::NO_CONTENT, Body::Empty),
+      Method::GET if path == IDENTITY_PATH => {
+        let mut response = self.respond(StatusCode::NO_CONTENT, Body::Empty);
+        response
+          .headers_mut()
+          .insert(IDENTITY_HEADER, self.identity.clone());
+        response
+      }
       Method::GET if is_ours => match path[self.route.len()..].trim_start_matches('/') {
         "" => self.respond(StatusCode::BAD_REQUEST, Body::Text("Missing image id")),
         encoded if encoded.len() > MAX_ENCODED_ID => {
@@ -239,8 +320,8 @@ impl Routes {
         encoded => match decode_id(encoded) {
           None => self.respond(StatusCode::BAD_REQUEST, Body::Text("Malformed image id")),
           Some(id) => {
-            let payload = self.payload(id, &request).await;
-            self.respond(StatusCode::OK, Body::Payload(payload))
+            let (payload, permit) = self.payload(id, &request).await;
+            self.respond(StatusCode::OK, Body::Payload(payload, permit))
           }
         },
       },
@@ -248,7 +329,13 @@ impl Routes {
     }
   }
 
-  async fn payload(&self, id: String, request: &Request<Incoming>) -> Vec<u8> {
+  /// Builds the payload on a blocking thread. Before it reads an image's file, it waits for
+  /// the file's share of the payload budget, which the response holds until it is sent.
+  async fn payload(
+    &self,
+    id: String,
+    request: &Request<Incoming>,
+  ) -> (Vec<u8>, Option<OwnedSemaphorePermit>) {
     let header = |name: &str| {
       request
         .headers()
@@ -258,29 +345,46 @@ impl Routes {
     };
     let proof = header("x-pixstore-proof");
     let token = header("x-pixstore-token").and_then(|t| t.trim().parse::<i64>().ok());
+    let internal_error = || (wire::bare(WireState::InternalError), None);
 
     let Some(store) = self.store.upgrade() else {
-      return super::wire::bare(super::wire::WireState::InternalError);
+      return internal_error();
     };
-    let _permit = self.payloads.acquire().await;
-    tokio::task::spawn_blocking(move || store.payload(&id, token, proof.as_deref()))
-      .await
-      .unwrap_or_else(|_| super::wire::bare(super::wire::WireState::InternalError))
+    let _building = self.payloads.acquire().await;
+    let budget = Arc::clone(&self.budget);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+      let (payload, permit) = store.payload_within(&id, token, proof.as_deref(), |len| {
+        let units = len.div_ceil(CHUNK).clamp(1, PAYLOAD_BUDGET) as u32;
+        runtime.block_on(budget.acquire_many_owned(units)).ok()
+      });
+      (payload, permit.flatten())
+    })
+    .await
+    .unwrap_or_else(|_| internal_error())
   }
 
-  fn respond(&self, status: StatusCode, body: Body) -> Response<Full<Bytes>> {
+  fn respond(&self, status: StatusCode, body: Body) -> Response<Chunked> {
     // A payload depends on the proof and token headers, not only on the URL: no cache may keep
     // one and hand it to another client.
-    let no_store = matches!(body, Body::Payload(_));
-    let (content_type, bytes) = match body {
-      Body::Payload(payload) => (Some("application/octet-stream"), Bytes::from(payload)),
+    let no_store = matches!(body, Body::Payload(..));
+    let (content_type, bytes, permit) = match body {
+      Body::Payload(payload, permit) => (
+        Some("application/octet-stream"),
+        Bytes::from(payload),
+        permit,
+      ),
       Body::Text(text) => (
         Some("text/plain; charset=utf-8"),
         Bytes::from_static(text.as_bytes()),
+        None,
       ),
-      Body::Empty => (None, Bytes::new()),
+      Body::Empty => (None, Bytes::new(), None),
     };
-    let mut response = Response::new(Full::new(bytes));
+    let mut response = Response::new(Chunked {
+      rest: bytes,
+      _permit: permit,
+    });
     *response.status_mut() = status;
     let headers = response.headers_mut();
     if let Some(content_type) = content_type {
@@ -303,9 +407,40 @@ impl Routes {
 }
 
 enum Body {
-  Payload(Vec<u8>),
+  Payload(Vec<u8>, Option<OwnedSemaphorePermit>),
   Text(&'static str),
   Empty,
+}
+
+/// A response body handed over [`CHUNK`] bytes at a time, holding its share of the payload
+/// budget until the last chunk is taken.
+struct Chunked {
+  rest: Bytes,
+  _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for Chunked {
+  type Data = Bytes;
+  type Error = Infallible;
+
+  fn poll_frame(
+    mut self: Pin<&mut Self>,
+    _: &mut Context<'_>,
+  ) -> Poll<Option<std::result::Result<Frame<Bytes>, Infallible>>> {
+    if self.rest.is_empty() {
+      return Poll::Ready(None);
+    }
+    let len = self.rest.len().min(CHUNK);
+    Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(len)))))
+  }
+
+  fn is_end_stream(&self) -> bool {
+    self.rest.is_empty()
+  }
+
+  fn size_hint(&self) -> SizeHint {
+    SizeHint::with_exact(self.rest.len() as u64)
+  }
 }
 
 #[cfg(test)]

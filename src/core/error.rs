@@ -32,6 +32,8 @@ pub enum ErrorKind {
   EndpointUnavailable,
   /// `customEndpointHelper` was called while the default endpoint serves.
   DefaultEndpointRunning,
+  /// A maintenance command needs the store to itself, and another process has it open.
+  StoreInUse,
 }
 
 impl ErrorKind {
@@ -51,6 +53,7 @@ impl ErrorKind {
       ErrorKind::IncompatibleStore => "INCOMPATIBLE_STORE",
       ErrorKind::EndpointUnavailable => "ENDPOINT_UNAVAILABLE",
       ErrorKind::DefaultEndpointRunning => "DEFAULT_ENDPOINT_RUNNING",
+      ErrorKind::StoreInUse => "STORE_IN_USE",
     }
   }
 }

@@ -291,6 +291,10 @@ impl Writer {
     }
   }
 
+  pub fn id(&self) -> &str {
+    &self.id
+  }
+
   /// A version no other file of any writer has.
   pub fn next_version(&self) -> FileVersion {
     let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -339,9 +343,10 @@ impl<'a> WriterLiveness<'a> {
       .or_insert_with(|| lock_state(&path))
   }
 
-  /// Removes the lock files of every dead writer: those asked about, and those that left no
-  /// file behind. A lock still being registered (a `.lock.new` younger than a minute) is spared.
-  pub fn remove_dead_locks(&mut self) {
+  /// Removes the lock files of the dead writers in `writers`, and staging files of registrations
+  /// that died (a `.lock.new` older than a minute: a younger one may be a registration under
+  /// way).
+  pub fn remove_dead_locks(&mut self, writers: &[String]) {
     let folder = self.root.writers_folder();
     let Ok(entries) = fs::read_dir(&folder) else {
       return;
@@ -350,7 +355,7 @@ impl<'a> WriterLiveness<'a> {
       let path = entry.path();
       let name = entry.file_name().to_string_lossy().into_owned();
       let dead = if let Some(writer) = name.strip_suffix(".lock") {
-        self.state(writer) == WriterState::Dead
+        writers.iter().any(|w| w == writer) && self.state(writer) == WriterState::Dead
       } else if name.ends_with(".lock.new") {
         let age = entry
           .metadata()
@@ -436,7 +441,7 @@ mod tests {
     assert_eq!(liveness.state(&live.id), WriterState::Live);
     assert_eq!(liveness.state(&dead_id), WriterState::Dead);
     assert_eq!(liveness.state("nosuchwrit"), WriterState::Gone);
-    liveness.remove_dead_locks();
+    liveness.remove_dead_locks(std::slice::from_ref(&dead_id));
     assert!(!lock_path.exists());
     assert!(live.lock_path.exists());
   }

@@ -154,10 +154,8 @@ pub fn sniff(image: &[u8]) -> Option<Format> {
 fn has_end(format: Format, image: &[u8]) -> bool {
   match format {
     Format::Jpeg => jpeg_reaches_end(image),
-    Format::Png => {
-      let tail = &image[image.len().saturating_sub(64)..];
-      tail.windows(4).any(|w| w == b"IEND")
-    }
+    // The IEND chunk: zero length, then its type. Data after it is allowed, as decoders do.
+    Format::Png => image.windows(8).any(|w| w == b"\0\0\0\0IEND"),
     _ => true,
   }
 }

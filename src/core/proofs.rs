@@ -47,6 +47,14 @@ impl ProofKey {
     ProofKey(secret)
   }
 
+  /// A name for the store that every process on it computes alike and that reveals nothing of
+  /// the secret: how endpoints tell a process of their own store from another app on a port.
+  pub fn store_identity(&self) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+    mac.update(b"pixstore endpoint identity");
+    BASE64URL.encode(&mac.finalize().into_bytes()[..PROOF_BYTES])
+  }
+
   /// The proof for `id` at `now_ms`.
   pub fn issue(&self, id: &str, window: Window, now_ms: u64) -> String {
     BASE64URL.encode(&self.mac(id, window.number(now_ms)).finalize().into_bytes()[..PROOF_BYTES])

@@ -1,14 +1,16 @@
 //! Records in SQLite: the schema, reads, and the one writer that commits every change.
 //!
 //! The `image_records(id, token, meta)` table is pixstore 3.x's, so 3.x stores open as they are;
-//! we add a `file_version` column (NULL for files 3.x wrote) and a `pixstore_meta` table for the
-//! schema version and the proof secret.
+//! we add a `file_version` column (NULL for files 3.x wrote), a `pixstore_meta` table for the
+//! schema version and the proof secret, `pixstore_writers` (the store instances that may hold
+//! files not yet named by a record) and `pixstore_trash` (files a commit replaced or deleted,
+//! until they are gone from disk).
 //!
 //! Writes go through [`RecordWriter`]: a thread that owns the write connection and commits all
 //! changes waiting in its queue in one transaction (group commit), then answers each caller.
 //! Readers have connections of their own and, in WAL mode, never wait behind it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -27,6 +29,14 @@ use super::proofs::{ProofKey, SECRET_LEN};
 
 /// The schema this version writes. A store with a larger one was written by a newer version.
 pub const SCHEMA_VERSION: i64 = 1;
+
+/// Every table of a store: 3.x's, then ours.
+const OUR_TABLES: [&str; 4] = [
+  "image_records",
+  "pixstore_meta",
+  "pixstore_writers",
+  "pixstore_trash",
+];
 
 /// How long a connection waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,10 +76,7 @@ fn open_error(path: &Path, source: &rusqlite::Error) -> Error {
 /// Opens the database, creating or upgrading the schema, and returns the write connection and
 /// the proof secret. Refuses a database that is not a Pixstore store, and changes nothing in it.
 pub fn open_store(path: &Path) -> Result<(Connection, ProofKey)> {
-  if let Some(parent) = path.parent() {
-    std::fs::create_dir_all(parent)
-      .map_err(|e| Error::storage("create the database folder", parent, &e))?;
-  }
+  create_owner_only(path)?;
   let mut conn = connect(
     path,
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
@@ -92,7 +99,9 @@ pub fn open_store(path: &Path) -> Result<(Connection, ProofKey)> {
   tx.execute_batch(
     "CREATE TABLE IF NOT EXISTS image_records(
        id TEXT PRIMARY KEY, token INTEGER NOT NULL, meta TEXT NOT NULL);
-     CREATE TABLE IF NOT EXISTS pixstore_meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);",
+     CREATE TABLE IF NOT EXISTS pixstore_meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
+     CREATE TABLE IF NOT EXISTS pixstore_writers(id TEXT PRIMARY KEY, opened_ms INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS pixstore_trash(id TEXT NOT NULL, file_version TEXT);",
   )
   .map_err(setup)?;
   if !columns(&tx, "image_records")
@@ -136,6 +145,73 @@ pub fn open_store(path: &Path) -> Result<(Connection, ProofKey)> {
   Ok((conn, ProofKey::new(secret)))
 }
 
+/// Records that `writer` may leave files no record names yet. A sweep removes such files only for
+/// writers registered in this database, so a database that does not know a writer (a new or
+/// wrong `databasePath`, a restored backup) never has its files taken for orphans.
+pub fn register_writer(conn: &Connection, writer: &str) -> Result<()> {
+  conn
+    .execute(
+      "INSERT OR REPLACE INTO pixstore_writers(id, opened_ms) VALUES (?1, ?2)",
+      params![writer, now_ms() as i64],
+    )
+    .map_err(|e| Error::database("register the writer", &e))?;
+  Ok(())
+}
+
+/// The writers this database knows.
+pub fn registered_writers(conn: &Connection) -> Result<HashSet<String>> {
+  conn
+    .prepare("SELECT id FROM pixstore_writers")
+    .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+    .map_err(|e| Error::database("list the writers", &e))
+}
+
+/// Files waiting for removal: (row, id, version).
+pub fn trash(conn: &Connection) -> Result<Vec<(i64, ImageId, FileVersion)>> {
+  let rows: Vec<(i64, String, Option<String>)> = conn
+    .prepare("SELECT rowid, id, file_version FROM pixstore_trash")
+    .and_then(|mut stmt| {
+      stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect()
+    })
+    .map_err(|e| Error::database("list the trash", &e))?;
+  Ok(
+    rows
+      .into_iter()
+      .filter_map(|(row, id, version)| {
+        let version = FileVersion::from_column(version, &id).ok()?;
+        Some((row, ImageId::parse(&id).ok()?, version))
+      })
+      .collect(),
+  )
+}
+
+/// Creates a missing database file (and its folder) readable by the owner only, since it holds
+/// every image key. SQLite gives its WAL and shared-memory files the same permissions. An
+/// existing file keeps its own.
+fn create_owner_only(path: &Path) -> Result<()> {
+  use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+  if let Some(parent) = path.parent() {
+    std::fs::DirBuilder::new()
+      .recursive(true)
+      .mode(0o700)
+      .create(parent)
+      .map_err(|e| Error::storage("create the database folder", parent, &e))?;
+  }
+  match std::fs::OpenOptions::new()
+    .write(true)
+    .create_new(true)
+    .mode(0o600)
+    .open(path)
+  {
+    Ok(_) => Ok(()),
+    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+    Err(e) => Err(Error::storage("create the database", path, &e)),
+  }
+}
+
 fn check_compatible(conn: &Connection, path: &Path) -> Result<()> {
   let refuse = |why: String| {
     Error::new(
@@ -153,7 +229,7 @@ fn check_compatible(conn: &Connection, path: &Path) -> Result<()> {
     .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
     .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
     .map_err(read)?;
-  tables.retain(|t| t != "image_records" && t != "pixstore_meta");
+  tables.retain(|t| !OUR_TABLES.contains(&t.as_str()));
   if !tables.is_empty() {
     return Err(refuse(format!(
       "it has other tables ({})",
@@ -264,6 +340,12 @@ impl ReadPool {
     }
   }
 
+  /// Closes the idle connections, so that the writer's is the last one and SQLite folds the
+  /// WAL back into the database file when it closes.
+  pub fn close(&self) {
+    self.idle.lock().expect("read pool lock").clear();
+  }
+
   pub fn with<T>(&self, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
     let idle = self.idle.lock().expect("read pool lock").pop();
     let conn = match idle {
@@ -300,6 +382,10 @@ pub enum Change {
   /// versioned file is removed after the commit. [`Outcome::Missing`] when the record no longer
   /// names `version`.
   ToLegacyName { id: ImageId, version: FileVersion },
+  /// Forgets writers whose leftovers a sweep has removed.
+  ForgetWriters { writers: Vec<String> },
+  /// Drops trash rows whose files are gone.
+  ClearTrash { rows: Vec<i64> },
 }
 
 /// What a committed change did.
@@ -311,6 +397,8 @@ pub enum Outcome {
   Deleted { existed: bool },
   /// A replace found no record; nothing changed.
   Missing,
+  /// Housekeeping done.
+  Done,
 }
 
 struct Job {
@@ -325,11 +413,13 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-  pub fn start(conn: Connection, root: ImageRoot) -> Result<Self> {
+  /// Starts the writer thread of the store instance `writer`, which unregisters it when it
+  /// stops.
+  pub fn start(conn: Connection, root: ImageRoot, writer: String) -> Result<Self> {
     let (queue, jobs) = mpsc::channel();
     let thread = std::thread::Builder::new()
       .name("pixstore-writer".into())
-      .spawn(move || run_writer(conn, root, jobs))
+      .spawn(move || run_writer(conn, root, writer, jobs))
       .map_err(|e| {
         Error::new(
           ErrorKind::Database,
@@ -354,6 +444,18 @@ impl RecordWriter {
     answer.await.map_err(|_| closed())?
   }
 
+  /// `commit` for threads outside the runtime, such as the sweep's.
+  pub fn commit_blocking(&self, change: Change) -> Result<Outcome> {
+    let closed = || Error::new(ErrorKind::NotInitialized, "The store is closed");
+    let queue = self.queue.lock().expect("writer queue lock").clone();
+    let (reply, answer) = oneshot::channel();
+    queue
+      .ok_or_else(closed)?
+      .send(Job { change, reply })
+      .map_err(|_| closed())?;
+    answer.blocking_recv().map_err(|_| closed())?
+  }
+
   /// Commits what is queued, then stops the thread. Blocks until it has.
   pub fn shut_down(&self) {
     self.queue.lock().expect("writer queue lock").take();
@@ -370,7 +472,11 @@ impl Drop for RecordWriter {
   }
 }
 
-fn run_writer(mut conn: Connection, root: ImageRoot, jobs: mpsc::Receiver<Job>) {
+fn run_writer(mut conn: Connection, root: ImageRoot, writer: String, jobs: mpsc::Receiver<Job>) {
+  // Trash rows whose files are gone, dropped in the next transaction rather than in one of
+  // their own.
+  let mut emptied: Vec<i64> = Vec::new();
+
   while let Ok(first) = jobs.recv() {
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
@@ -387,7 +493,7 @@ fn run_writer(mut conn: Connection, root: ImageRoot, jobs: mpsc::Receiver<Job>) 
         Change::Insert { id, .. }
         | Change::Replace { id, .. }
         | Change::ToLegacyName { id, .. } => Some(root.folder(id)),
-        Change::Delete { .. } => None,
+        _ => None,
       })
       .collect();
     if let Some(err) = folders.iter().find_map(|f| files::sync_folder(f).err()) {
@@ -397,12 +503,15 @@ fn run_writer(mut conn: Connection, root: ImageRoot, jobs: mpsc::Receiver<Job>) 
       continue;
     }
 
-    match commit_batch(&mut conn, &root, &batch) {
+    match commit_batch(&mut conn, &root, &batch, &emptied) {
       Ok(outcomes) => {
-        for (job, (outcome, replaced)) in batch.into_iter().zip(outcomes) {
-          if let Some(path) = replaced {
-            // A failure here leaves an orphan, which the next sweep removes.
-            let _ = files::remove_if_present(&path);
+        emptied.clear();
+        for (job, (outcome, trashed)) in batch.into_iter().zip(outcomes) {
+          // A file that cannot be removed now stays in the trash for the next sweep.
+          for (row, path) in trashed {
+            if files::remove_if_present(&path).is_ok() {
+              emptied.push(row);
+            }
           }
           let _ = job.reply.send(outcome);
         }
@@ -414,16 +523,43 @@ fn run_writer(mut conn: Connection, root: ImageRoot, jobs: mpsc::Receiver<Job>) 
       }
     }
   }
+
+  // A clean stop: nothing of this writer is in flight any more.
+  let _ = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+    clear_trash(&conn, &emptied)?;
+    conn.execute("DELETE FROM pixstore_writers WHERE id = ?1", [&writer])?;
+    conn.execute_batch("COMMIT")
+  });
 }
 
-type Applied = (Result<Outcome>, Option<PathBuf>);
+fn clear_trash(conn: &Connection, rows: &[i64]) -> rusqlite::Result<()> {
+  let mut delete = conn.prepare_cached("DELETE FROM pixstore_trash WHERE rowid = ?1")?;
+  for row in rows {
+    delete.execute([row])?;
+  }
+  Ok(())
+}
+
+/// A change's outcome, and the trash rows it added with the files to remove after the commit.
+type Applied = (Result<Outcome>, Vec<(i64, PathBuf)>);
 
 /// Applies every change in one transaction. Each change's own failure (a missing record) is its
 /// outcome; a SQLite failure fails the whole batch and commits nothing.
-fn commit_batch(conn: &mut Connection, root: &ImageRoot, batch: &[Job]) -> Result<Vec<Applied>> {
+fn commit_batch(
+  conn: &mut Connection,
+  root: &ImageRoot,
+  batch: &[Job],
+  emptied: &[i64],
+) -> Result<Vec<Applied>> {
   let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+  clear_trash(&tx, emptied)?;
   let now = now_ms() as i64;
   let mut applied = Vec::with_capacity(batch.len());
+  let trash = |id: &ImageId, version: &FileVersion| -> Result<(i64, PathBuf)> {
+    tx.prepare_cached("INSERT INTO pixstore_trash(id, file_version) VALUES (?1, ?2)")?
+      .execute(params![id.as_str(), version.to_column()])?;
+    Ok((tx.last_insert_rowid(), root.file(id, version)))
+  };
 
   for job in batch {
     let outcome = match &job.change {
@@ -440,17 +576,17 @@ fn commit_batch(conn: &mut Connection, root: &ImageRoot, batch: &[Job]) -> Resul
             version.to_column()
           ])?;
         if inserted == 1 {
-          (Ok(Outcome::Written { token: now }), None)
+          (Ok(Outcome::Written { token: now }), Vec::new())
         } else {
           let clash = Error::new(
             ErrorKind::Storage,
             format!("A new image drew the id {id}, which is taken; save it again"),
           );
-          (Err(clash), None)
+          (Err(clash), Vec::new())
         }
       }
       Change::Replace { id, meta, version } => match current(&tx, id)? {
-        None => (Ok(Outcome::Missing), None),
+        None => (Ok(Outcome::Missing), Vec::new()),
         Some((previous_token, previous_version)) => {
           // Later writes always get larger tokens, even within one millisecond.
           let token = now.max(previous_token + 1);
@@ -463,8 +599,8 @@ fn commit_batch(conn: &mut Connection, root: &ImageRoot, batch: &[Job]) -> Resul
             meta.to_json(),
             version.to_column()
           ])?;
-          let replaced = root.file(id, &previous_version);
-          (Ok(Outcome::Written { token }), Some(replaced))
+          let replaced = trash(id, &previous_version)?;
+          (Ok(Outcome::Written { token }), vec![replaced])
         }
       },
       Change::ToLegacyName { id, version } => {
@@ -475,23 +611,39 @@ fn commit_batch(conn: &mut Connection, root: &ImageRoot, batch: &[Job]) -> Resul
           .execute(params![id.as_str(), version.to_column()])?;
         match renamed {
           1 => {
+            // An older trash row for the 3.x name must not remove the file now named so.
+            tx.prepare_cached("DELETE FROM pixstore_trash WHERE id = ?1 AND file_version IS NULL")?
+              .execute([id.as_str()])?;
             let token = current(&tx, id)?.map_or(0, |(token, _)| token);
-            (Ok(Outcome::Written { token }), Some(root.file(id, version)))
+            (Ok(Outcome::Written { token }), vec![trash(id, version)?])
           }
-          _ => (Ok(Outcome::Missing), None),
+          _ => (Ok(Outcome::Missing), Vec::new()),
         }
       }
       Change::Delete { id } => match current(&tx, id)? {
-        None => (Ok(Outcome::Deleted { existed: false }), None),
+        None => (Ok(Outcome::Deleted { existed: false }), Vec::new()),
         Some((_, previous_version)) => {
           tx.prepare_cached("DELETE FROM image_records WHERE id = ?1")?
             .execute([id.as_str()])?;
-          (
-            Ok(Outcome::Deleted { existed: true }),
-            Some(root.file(id, &previous_version)),
-          )
+          // A 3.x name may stand beside a versioned file (a downgrade cut short): it goes too.
+          let mut trashed = vec![trash(id, &previous_version)?];
+          if previous_version != FileVersion::Legacy {
+            trashed.push(trash(id, &FileVersion::Legacy)?);
+          }
+          (Ok(Outcome::Deleted { existed: true }), trashed)
         }
       },
+      Change::ForgetWriters { writers } => {
+        for writer in writers {
+          tx.prepare_cached("DELETE FROM pixstore_writers WHERE id = ?1")?
+            .execute([writer])?;
+        }
+        (Ok(Outcome::Done), Vec::new())
+      }
+      Change::ClearTrash { rows } => {
+        clear_trash(&tx, rows)?;
+        (Ok(Outcome::Done), Vec::new())
+      }
     };
     applied.push(outcome);
   }

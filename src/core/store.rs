@@ -69,7 +69,8 @@ impl Store {
     let root = ImageRoot::open(&config.image_root)?;
     let (conn, proof_key) = records::open_store(&config.database_path)?;
     let writer = Writer::register(&root)?;
-    let records = RecordWriter::start(conn, root.clone())?;
+    records::register_writer(&conn, writer.id())?;
+    let records = RecordWriter::start(conn, root.clone(), writer.id().to_owned())?;
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
 
     let store = Arc::new(Store {
@@ -88,6 +89,7 @@ impl Store {
       let config = &store.config;
       let endpoint = Endpoint::start(
         Arc::downgrade(&store),
+        store.proof_key.store_identity(),
         &config.default_endpoint_listen_host,
         config.default_endpoint_listen_port,
         &config.default_endpoint_route,
@@ -147,32 +149,52 @@ impl Store {
   /// The wire payload for a request. The checks run in 3.x's order: id present, proof present,
   /// proof valid, record exists, token equal. Blocks on file and database reads.
   pub fn payload(&self, id: &str, client_token: Option<i64>, proof: Option<&str>) -> Vec<u8> {
+    self.payload_within(id, client_token, proof, |_| ()).0
+  }
+
+  /// `payload`, calling `reserve` with the size of an image's file before reading it, so that
+  /// a server can wait for memory; what `reserve` returns comes back with the payload.
+  pub fn payload_within<G>(
+    &self,
+    id: &str,
+    client_token: Option<i64>,
+    proof: Option<&str>,
+    reserve: impl FnOnce(usize) -> G,
+  ) -> (Vec<u8>, Option<G>) {
+    let bare = |state| (wire::bare(state), None);
     if id.is_empty() {
-      return wire::bare(WireState::MissingId);
+      return bare(WireState::MissingId);
     }
     let Some(proof) = proof.filter(|p| !p.is_empty()) else {
-      return wire::bare(WireState::MissingProof);
+      return bare(WireState::MissingProof);
     };
     if !self.verify_proof(id, proof) {
-      return wire::bare(WireState::InvalidProof);
+      return bare(WireState::InvalidProof);
     }
     let Ok(id) = ImageId::parse(id) else {
-      return wire::bare(WireState::NotFound);
+      return bare(WireState::NotFound);
     };
     let Ok(_pass) = self.gate.enter() else {
-      return wire::bare(WireState::InternalError);
+      return bare(WireState::InternalError);
     };
-    match self.payload_of(&id, client_token) {
-      Ok(Some(payload)) => payload,
-      Ok(None) => wire::bare(WireState::NotFound),
-      Err(_) => wire::bare(WireState::InternalError),
+    match self.payload_of(&id, client_token, reserve) {
+      Ok(Some((payload, guard))) => (payload, Some(guard)),
+      Ok(None) => bare(WireState::NotFound),
+      Err(_) => bare(WireState::InternalError),
     }
   }
 
-  fn payload_of(&self, id: &ImageId, client_token: Option<i64>) -> Result<Option<Vec<u8>>> {
+  fn payload_of<G>(
+    &self,
+    id: &ImageId,
+    client_token: Option<i64>,
+    reserve: impl FnOnce(usize) -> G,
+  ) -> Result<Option<(Vec<u8>, G)>> {
     use std::io::Read;
 
     // As in `read_now`: a file removed by a concurrent write sends us back to the record.
+    let mut reserve = Some(reserve);
+    let mut guard = None;
     for _ in 0..3 {
       let Some(stored) = self.reads.with(|conn| records::get(conn, id))? else {
         return Ok(None);
@@ -184,12 +206,15 @@ impl Store {
         Err(e) => return Err(Error::storage("read the encrypted file", &path, &e)),
       };
       let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+      if let Some(reserve) = reserve.take() {
+        guard = Some(reserve(wire::UPDATED_HEADER_LEN + len));
+      }
       let current = client_token == Some(stored.token);
       let mut payload = wire::header(current, stored.token as u64, &stored.meta, len);
       file
         .read_to_end(&mut payload)
         .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
-      return Ok(Some(payload));
+      return Ok(Some((payload, guard.expect("reserved before reading"))));
     }
     Err(Error::new(
       ErrorKind::Integrity,
@@ -220,35 +245,72 @@ impl Store {
   /// be about to commit. So are files of writers that closed cleanly, and 3.x files.
   pub fn sweep(&self) -> Result<SweepReport> {
     let found = self.root.list_files()?;
+    let registered = self.reads.with(records::registered_writers)?;
 
     // Writers are asked before the records are read: a writer found dead then can commit
     // nothing later, so a file of its that no record names below is surely an orphan. (Asked
     // the other way round, a writer could commit and die in between, and lose its image.)
     let mut liveness = WriterLiveness::new(&self.root);
-    let states: Vec<Option<WriterState>> = found
-      .iter()
-      .map(|file| file.writer().map(|writer| liveness.state(writer)))
+    let mut writers = registered.clone();
+    writers.extend(
+      found
+        .iter()
+        .filter_map(|file| file.writer().map(str::to_owned)),
+    );
+    let dead: HashSet<String> = writers
+      .into_iter()
+      .filter(|writer| liveness.state(writer) == WriterState::Dead)
       .collect();
 
-    let named: HashSet<(ImageId, FileVersion)> =
-      self.reads.with(records::all_files)?.into_iter().collect();
+    let (named, trash) = self.reads.with(|conn| {
+      let named: HashSet<(ImageId, FileVersion)> = records::all_files(conn)?.into_iter().collect();
+      Ok((named, records::trash(conn)?))
+    })?;
 
     let mut report = SweepReport::default();
-    for (file, state) in found.into_iter().zip(states) {
+    for file in found {
       if named.contains(&(file.id.clone(), file.version.clone())) {
         continue;
       }
-      match state {
-        Some(WriterState::Dead) => {
+      match file.writer() {
+        // Only a writer this database knows can have left files it does not name: any other
+        // belongs to another database, or to this one before a restore.
+        Some(writer) if dead.contains(writer) && registered.contains(writer) => {
           if files::remove_if_present(&file.path)? {
             report.removed += 1;
           }
         }
-        Some(WriterState::Live) => report.left_to_live_writers += 1,
-        Some(WriterState::Gone) | None => report.left_unowned += 1,
+        Some(writer) if liveness.state(writer) == WriterState::Live => {
+          report.left_to_live_writers += 1
+        }
+        _ => report.left_unowned += 1,
       }
     }
-    liveness.remove_dead_locks();
+
+    // Files a commit replaced or deleted, whose removal a crash or an error cut short.
+    let mut emptied = Vec::new();
+    for (row, id, version) in trash {
+      let path = self.root.file(&id, &version);
+      if named.contains(&(id, version)) {
+        emptied.push(row);
+      } else if let Ok(removed) = files::remove_if_present(&path) {
+        report.removed += usize::from(removed);
+        emptied.push(row);
+      }
+    }
+    if !emptied.is_empty() {
+      self
+        .records
+        .commit_blocking(Change::ClearTrash { rows: emptied })?;
+    }
+
+    let forgotten: Vec<String> = dead.intersection(&registered).cloned().collect();
+    if !forgotten.is_empty() {
+      self.records.commit_blocking(Change::ForgetWriters {
+        writers: forgotten.clone(),
+      })?;
+    }
+    liveness.remove_dead_locks(&forgotten);
     Ok(report)
   }
 
@@ -257,6 +319,7 @@ impl Store {
   pub fn close(&self) {
     self.stop_endpoint();
     self.gate.close_and_wait();
+    self.reads.close();
     self.records.shut_down();
     self.writer.release();
   }
@@ -405,6 +468,17 @@ impl Drop for Call {
 }
 
 impl Call {
+  /// Stops the default endpoint, once its responses in flight are sent.
+  pub async fn stop_endpoint(&self) -> Result<()> {
+    self
+      .store
+      .blocking(|store| {
+        store.stop_endpoint();
+        Ok(())
+      })
+      .await
+  }
+
   /// Saves a new image, optionally under `dir`.
   pub async fn save(
     &self,
@@ -502,46 +576,89 @@ impl Call {
   }
 
   /// Gives every file this version wrote 3.x's name (`KEY.pixstore-image`) and clears its
-  /// version, so that pixstore 3.x can open the store again; returns how many files were
-  /// renamed. For each file: a second name is linked (or a copy made) and made durable, the
-  /// record is committed, and only then the versioned name goes, so a crash leaves every record
-  /// naming a complete file and the command can run again. No other process may use the store
-  /// meanwhile.
-  pub async fn downgrade_to_legacy_names(&self) -> Result<usize> {
-    let versioned: Vec<(ImageId, FileVersion)> = self
+  /// version, so that pixstore 3.x can open the store again. For each file: a second name is
+  /// linked (or a copy made) and made durable, the record is committed, and only then the
+  /// versioned name goes, so a crash leaves every record naming a complete file and the command
+  /// can run again. Refuses while another process uses the store. A record whose file is
+  /// missing is skipped and reported, and the others go on.
+  pub async fn downgrade_to_legacy_names(&self) -> Result<Downgrade> {
+    let (versioned, busy) = self
       .store
-      .blocking(|store| store.reads.with(records::all_files))
-      .await?
+      .blocking(|store| {
+        let (files, writers) = store.reads.with(|conn| {
+          Ok((
+            records::all_files(conn)?,
+            records::registered_writers(conn)?,
+          ))
+        })?;
+        let mut liveness = WriterLiveness::new(&store.root);
+        let busy = writers.into_iter().any(|writer| {
+          writer != store.writer.id() && liveness.state(&writer) == WriterState::Live
+        });
+        Ok((files, busy))
+      })
+      .await?;
+    if busy {
+      return Err(Error::new(
+        ErrorKind::StoreInUse,
+        "Another process has this store open: stop every app that uses it, then run the \
+         downgrade again",
+      ));
+    }
+
+    // Files are renamed many at a time, so that their commits share transactions.
+    let versioned: Vec<_> = versioned
       .into_iter()
       .filter(|(_, version)| *version != FileVersion::Legacy)
       .collect();
-
-    // Files are renamed many at a time, so that their commits share transactions.
-    let mut renamed = 0;
+    let mut report = Downgrade::default();
     for chunk in versioned.chunks(256) {
       let mut tasks = tokio::task::JoinSet::new();
       for (id, version) in chunk.iter().cloned() {
         let store = Arc::clone(&self.store);
         tasks.spawn(async move {
           let (link_id, link_version) = (id.clone(), version.clone());
-          store
+          let linked = store
             .blocking(move |store| store.root.link_legacy_name(&link_id, &link_version))
-            .await?;
-          let outcome = store
-            .records
-            .commit(Change::ToLegacyName { id, version })
-            .await?;
-          Ok::<_, Error>(matches!(outcome, Outcome::Written { .. }))
+            .await;
+          let outcome = match linked {
+            Ok(()) => {
+              store
+                .records
+                .commit(Change::ToLegacyName {
+                  id: id.clone(),
+                  version,
+                })
+                .await
+            }
+            Err(err) => Err(err),
+          };
+          (id, outcome)
         });
       }
       while let Some(done) = tasks.join_next().await {
-        let done =
+        let (id, outcome) =
           done.map_err(|e| Error::new(ErrorKind::Storage, format!("A rename failed: {e}")))?;
-        renamed += usize::from(done?);
+        match outcome {
+          Ok(Outcome::Written { .. }) => report.renamed += 1,
+          Ok(_) => {}
+          Err(err) => report
+            .failed
+            .push((id.as_str().to_owned(), err.message().to_owned())),
+        }
       }
     }
-    Ok(renamed)
+    Ok(report)
   }
+}
+
+/// What a downgrade did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Downgrade {
+  /// Files that now have 3.x's name.
+  pub renamed: usize,
+  /// Records left as they were, with the reason: their file is missing or could not be linked.
+  pub failed: Vec<(String, String)>,
 }
 
 /// Reads an image file for `saveImageFromFile` and `updateImageFromFile`.
