@@ -333,7 +333,8 @@ describe('bounded requests', () => {
 describe('a port already taken', () => {
   test('initPixstoreBackend throws ENDPOINT_UNAVAILABLE naming host and port; no crash', async () => {
     const port = await freePort()
-    const holder = net.createServer()
+    // init first asks whoever listens which store it serves; this program answers nothing.
+    const holder = net.createServer((socket) => socket.destroy())
     await new Promise((resolve) => holder.listen(port, '127.0.0.1', resolve))
     const uncaught = []
     const onUncaught = (err) => uncaught.push(err)
