@@ -64,9 +64,11 @@ await step('rewrite every image with this version (updateImage)', async () => {
     if (i % 2048 === 0) process.stdout.write('.')
   }
 })
-await step('go back: pixstore downgrade (every file renamed)', async () => ({
-  renamed: await native.downgradeToLegacyNames(),
-}))
+await step('go back: pixstore downgrade (every file renamed)', async () => {
+  const { settle } = require('../lib/errors.js')
+  const report = settle(await native.downgradeToLegacyNames())
+  return { renamed: report.renamed, failed: report.failed.length }
+})
 await backend.closePixstoreBackend()
 
 rmSync(dir, { recursive: true, force: true })
