@@ -2,9 +2,8 @@
 //! the one store of the process. Argument types and error modes are the JavaScript layer's
 //! (`lib/`); nothing here decides behaviour.
 
-use std::sync::{Arc, Mutex, RwLock};
-
 use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
 
 use napi::bindgen_prelude::{Buffer, Either, Error, PromiseRaw, Result, ToNapiValue};
 use napi::Env;
