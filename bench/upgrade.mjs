@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
 const require = createRequire(import.meta.url)
-const backend = require('pixstore/backend')
+const backend = require('../backend/index.js')
 const native = require('../lib/native.js')
 const { writeLegacyStore } = require('../scripts/legacy-store.js')
 
