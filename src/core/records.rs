@@ -168,14 +168,28 @@ pub fn registered_writers(conn: &Connection) -> Result<HashSet<String>> {
 
 /// Files waiting for removal: (row, id, version).
 pub fn trash(conn: &Connection) -> Result<Vec<(i64, ImageId, FileVersion)>> {
+  file_rows(
+    conn,
+    "SELECT rowid, id, file_version FROM pixstore_trash",
+    "list the trash",
+  )
+}
+
+/// Rows of (rowid, id, file version) that `sql` selects. Rows whose id or version this version
+/// cannot parse are left out: their files are never touched.
+fn file_rows(
+  conn: &Connection,
+  sql: &str,
+  action: &str,
+) -> Result<Vec<(i64, ImageId, FileVersion)>> {
   let rows: Vec<(i64, String, Option<String>)> = conn
-    .prepare("SELECT rowid, id, file_version FROM pixstore_trash")
+    .prepare(sql)
     .and_then(|mut stmt| {
       stmt
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect()
     })
-    .map_err(|e| Error::database("list the trash", &e))?;
+    .map_err(|e| Error::database(action, &e))?;
   Ok(
     rows
       .into_iter()
@@ -304,24 +318,17 @@ pub fn get(conn: &Connection, id: &ImageId) -> Result<Option<StoredRecord>> {
     .transpose()
 }
 
-/// Every record's id and file version, for the orphan sweep and the downgrade. Rows whose id or version this
-/// version cannot parse are left out: their files are never touched.
+/// Every record's id and file version, for the orphan sweep and the downgrade.
 pub fn all_files(conn: &Connection) -> Result<Vec<(ImageId, FileVersion)>> {
-  let rows: Vec<(String, Option<String>)> = conn
-    .prepare("SELECT id, file_version FROM image_records")
-    .and_then(|mut stmt| {
-      stmt
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect()
-    })
-    .map_err(|e| Error::database("list the records", &e))?;
+  let rows = file_rows(
+    conn,
+    "SELECT rowid, id, file_version FROM image_records",
+    "list the records",
+  )?;
   Ok(
     rows
       .into_iter()
-      .filter_map(|(id, version)| {
-        let version = FileVersion::from_column(version, &id).ok()?;
-        Some((ImageId::parse(&id).ok()?, version))
-      })
+      .map(|(_, id, version)| (id, version))
       .collect(),
   )
 }
@@ -434,26 +441,25 @@ impl RecordWriter {
 
   /// Queues a change and waits for the commit that holds it.
   pub async fn commit(&self, change: Change) -> Result<Outcome> {
-    let closed = || Error::new(ErrorKind::NotInitialized, "The store is closed");
-    let queue = self.queue.lock().expect("writer queue lock").clone();
-    let (reply, answer) = oneshot::channel();
-    queue
-      .ok_or_else(closed)?
-      .send(Job { change, reply })
-      .map_err(|_| closed())?;
-    answer.await.map_err(|_| closed())?
+    self.enqueue(change)?.await.map_err(|_| closed())?
   }
 
   /// `commit` for threads outside the runtime, such as the sweep's.
   pub fn commit_blocking(&self, change: Change) -> Result<Outcome> {
-    let closed = || Error::new(ErrorKind::NotInitialized, "The store is closed");
+    self
+      .enqueue(change)?
+      .blocking_recv()
+      .map_err(|_| closed())?
+  }
+
+  fn enqueue(&self, change: Change) -> Result<oneshot::Receiver<Result<Outcome>>> {
     let queue = self.queue.lock().expect("writer queue lock").clone();
     let (reply, answer) = oneshot::channel();
     queue
       .ok_or_else(closed)?
       .send(Job { change, reply })
       .map_err(|_| closed())?;
-    answer.blocking_recv().map_err(|_| closed())?
+    Ok(answer)
   }
 
   /// Commits what is queued, then stops the thread. Blocks until it has.
@@ -470,6 +476,10 @@ impl Drop for RecordWriter {
   fn drop(&mut self) {
     self.shut_down();
   }
+}
+
+fn closed() -> Error {
+  Error::new(ErrorKind::NotInitialized, "The store is closed")
 }
 
 fn run_writer(mut conn: Connection, root: ImageRoot, writer: String, jobs: mpsc::Receiver<Job>) {

@@ -7,7 +7,7 @@
 //! removes files no record names.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::Semaphore;
@@ -118,10 +118,6 @@ impl Store {
     Ok(store)
   }
 
-  pub fn config(&self) -> &Config {
-    &self.config
-  }
-
   /// Starts a call: from now until the [`Call`] is dropped, `close` waits for it. Take it when
   /// the caller makes the call, so that a close or re-init that follows cannot overtake it.
   pub fn call(self: &Arc<Self>) -> Result<Call> {
@@ -192,33 +188,42 @@ impl Store {
   ) -> Result<Option<(Vec<u8>, G)>> {
     use std::io::Read;
 
-    // As in `read_now`: a file removed by a concurrent write sends us back to the record.
-    let mut reserve = Some(reserve);
-    let mut guard = None;
+    let Some((stored, mut file, path)) = self.open_current(id)? else {
+      return Ok(None);
+    };
+    let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let guard = reserve(wire::UPDATED_HEADER_LEN + len);
+    let current = client_token == Some(stored.token);
+    let mut payload = wire::header(current, stored.token as u64, &stored.meta, len);
+    file
+      .read_to_end(&mut payload)
+      .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
+    Ok(Some((payload, guard)))
+  }
+
+  /// The record of `id` with its file, opened; `None` when there is no record. A concurrent
+  /// update or delete may remove the file between reading the record and opening the file; the
+  /// record is then read again. Three rounds are plenty in practice.
+  fn open_current(&self, id: &ImageId) -> Result<Option<(StoredRecord, std::fs::File, PathBuf)>> {
+    let mut last_missing = None;
     for _ in 0..3 {
       let Some(stored) = self.reads.with(|conn| records::get(conn, id))? else {
         return Ok(None);
       };
       let path = self.root.file(id, &stored.version);
-      let mut file = match std::fs::File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+      match std::fs::File::open(&path) {
+        Ok(file) => return Ok(Some((stored, file, path))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => last_missing = Some(path),
         Err(e) => return Err(Error::storage("read the encrypted file", &path, &e)),
-      };
-      let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-      if let Some(reserve) = reserve.take() {
-        guard = Some(reserve(wire::UPDATED_HEADER_LEN + len));
       }
-      let current = client_token == Some(stored.token);
-      let mut payload = wire::header(current, stored.token as u64, &stored.meta, len);
-      file
-        .read_to_end(&mut payload)
-        .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
-      return Ok(Some((payload, guard.expect("reserved before reading"))));
     }
+    let path = last_missing.expect("the loop ran");
     Err(Error::new(
       ErrorKind::Integrity,
-      format!("The encrypted file of image {id} is missing"),
+      format!(
+        "The encrypted file of image {id} is missing: {}",
+        path.display()
+      ),
     ))
   }
 
@@ -391,28 +396,16 @@ impl Store {
   }
 
   fn read_now(&self, id: &ImageId) -> Result<Option<Vec<u8>>> {
-    // A concurrent update or delete may remove the file between reading the record and reading
-    // the file; the record is then read again. Three rounds are plenty in practice.
-    let mut last_missing = None;
-    for _ in 0..3 {
-      let Some(stored) = self.reads.with(|conn| records::get(conn, id))? else {
-        return Ok(None);
-      };
-      let path = self.root.file(id, &stored.version);
-      match std::fs::read(&path) {
-        Ok(ciphertext) => return self.decrypt(&stored, &path, ciphertext).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => last_missing = Some(path),
-        Err(e) => return Err(Error::storage("read the encrypted file", &path, &e)),
-      }
-    }
-    let path = last_missing.expect("the loop ran");
-    Err(Error::new(
-      ErrorKind::Integrity,
-      format!(
-        "The encrypted file of image {id} is missing: {}",
-        path.display()
-      ),
-    ))
+    use std::io::Read;
+
+    let Some((stored, mut file, path)) = self.open_current(id)? else {
+      return Ok(None);
+    };
+    let mut ciphertext = Vec::new();
+    file
+      .read_to_end(&mut ciphertext)
+      .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
+    self.decrypt(&stored, &path, ciphertext).map(Some)
   }
 
   fn decrypt(&self, stored: &StoredRecord, path: &Path, ciphertext: Vec<u8>) -> Result<Vec<u8>> {
