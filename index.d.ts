@@ -43,6 +43,17 @@ export interface BackendConfig {
    * Default `'hybrid'`.
    */
   errorHandlingMode?: string
+  /**
+   * 32 bytes (or their base64) that wrap every image key before it reaches SQLite. Default: the
+   * `PIXSTORE_MASTER_KEY` environment variable, if set; otherwise keys are stored as 3.x
+   * stores them.
+   */
+  masterKey?: Buffer | string
+  /**
+   * Milliseconds a write waits for another process's lock on the database before failing with
+   * `DATABASE_BUSY`. Default `30000`.
+   */
+  databaseBusyTimeout?: number
 }
 
 /**
@@ -54,6 +65,12 @@ export declare function close(): Promise<void>
 
 /** The wire payload for one request, for an app's own route. */
 export declare function customEndpointHelper(id: string, clientToken?: number | undefined | null, proof?: string | undefined | null): Promise<Buffer | Failure>
+
+/** A record whose file or key is damaged. */
+export interface DamagedRecord {
+  id: string
+  reason: string
+}
 
 export declare function deleteImage(id: string): Promise<boolean | Failure>
 
@@ -119,9 +136,21 @@ export interface InitResult {
   errorHandlingMode: string
 }
 
+/** A record whose file is missing. */
+export interface MissingFile {
+  id: string
+  path: string
+}
+
 export declare function readImage(id: string): Promise<Buffer | null | Failure>
 
-export declare function saveImage(image: Buffer, dir?: string | undefined | null): Promise<ImageRecord | Failure>
+/**
+ * Re-wraps every image key of the open store under `newKey` (`null`: stores them plain), in
+ * batches, while the store serves. Resolves with how many keys were re-wrapped.
+ */
+export declare function rotateMasterKey(newKey?: Buffer | string | undefined | null): Promise<number | Failure>
+
+export declare function saveImage(image: Buffer, dir: string | undefined | null, mainThread: boolean): Promise<ImageRecord | Failure>
 
 export declare function saveImageFromFile(path: string, dir?: string | undefined | null): Promise<ImageRecord | Failure>
 
@@ -131,6 +160,40 @@ export declare function saveImageFromFile(path: string, dir?: string | undefined
  */
 export declare function stopDefaultEndpoint(): Promise<void | Failure>
 
-export declare function updateImage(id: string, image: Buffer): Promise<ImageRecord | Failure>
+export declare function updateImage(id: string, image: Buffer, mainThread: boolean): Promise<ImageRecord | Failure>
 
 export declare function updateImageFromFile(id: string, path: string): Promise<ImageRecord | Failure>
+
+/** Progress of `verifyStore`. */
+export interface VerifyProgress {
+  /** Records checked so far. */
+  checked: number
+  /** Records in the store when the check began. */
+  total: number
+}
+
+/** What `verifyStore` found. */
+export interface VerifyReport {
+  /** Whether every record's file decrypts, the database is sound and no orphan is left. */
+  healthy: boolean
+  /** Records checked. */
+  records: number
+  /** Records whose file decrypts under their key. */
+  intact: number
+  /** Records whose file is missing: `{ id, path }`. */
+  missing: Array<MissingFile>
+  /** Records whose file does not decrypt, or whose key cannot be read: `{ id, reason }`. */
+  damaged: Array<DamagedRecord>
+  /** Paths of files no record names. */
+  orphans: Array<string>
+  /** Orphans removed (with `repair`). */
+  removed: number
+  /** What SQLite's quick check reported; empty when the database is sound. */
+  databaseProblems: Array<string>
+}
+
+/**
+ * Checks every record's file and the database, and lists files no record names; with
+ * `repair`, removes those. `onProgress` is called as records are checked.
+ */
+export declare function verifyStore(repair: boolean, onProgress?: (progress: VerifyProgress) => void): Promise<VerifyReport | Failure>

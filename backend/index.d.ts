@@ -1,4 +1,4 @@
-import type { ImageRecord, PixstoreBackendConfig } from '../types/index.js'
+import type { ImageRecord, PixstoreBackendConfig, VerifyReport, VerifyProgress } from '../types/index.js'
 
 export { PixstoreError } from '../shared/index.js'
 
@@ -6,7 +6,9 @@ export { PixstoreError } from '../shared/index.js'
  * Opens the store: merges `config` over the defaults, opens (or creates) the database and the
  * image root. Call it before anything else; calling it again reconfigures. Throws at once on a
  * bad configuration, whatever the error mode: a `TypeError` for a wrong type, a `PixstoreError`
- * (`INVALID_CONFIG`, `INCOMPATIBLE_STORE`, `DATABASE_ERROR`, `STORAGE_ERROR`) otherwise.
+ * otherwise: `INVALID_CONFIG`, `INCOMPATIBLE_STORE`, `DATABASE_CORRUPT`, `DATABASE_BUSY`,
+ * `STORAGE_READ_ONLY`, `MASTER_KEY_REQUIRED` or `WRONG_MASTER_KEY` (a store wrapped by a master
+ * key opened without it, or with another), `DATABASE_ERROR`, `STORAGE_ERROR`.
  *
  * @example
  * initPixstoreBackend({ imageRootDir: './data/images', databasePath: './data/pixstore.sqlite' })
@@ -134,3 +136,32 @@ export declare function customEndpointHelper(
  * await stopDefaultEndpoint()
  */
 export declare function stopDefaultEndpoint(): Promise<void>
+
+/**
+ * Re-wraps every image key under a new master key (32 bytes, or their base64), or stores them
+ * plain again with `null`, in batches while the store keeps serving. Resolves once every key is
+ * under the new key: from then on open the store with it. A crash or close midway leaves every
+ * image readable with either key; opening with the new key finishes the rotation. Records handed
+ * to callers do not change.
+ *
+ * @example
+ * const { rewrapped } = await rotateMasterKey(process.env.NEW_PIXSTORE_MASTER_KEY)
+ */
+export declare function rotateMasterKey(
+  newKey: Buffer | Uint8Array | string | null,
+): Promise<{ rewrapped: number } | null>
+
+/**
+ * Checks the open store: every record's file exists and decrypts, SQLite's quick check passes,
+ * and no file is left that no record names (an orphan). With `repair: true`, orphans are
+ * removed, unless the database itself is damaged. `onProgress` hears how many records are
+ * checked. `healthy` says whether the store is sound afterwards.
+ *
+ * @example
+ * const report = await verifyStore({ onProgress: ({ checked, total }) => console.log(checked, total) })
+ * if (!report.healthy) console.error(report.missing, report.damaged, report.orphans)
+ */
+export declare function verifyStore(options?: {
+  repair?: boolean
+  onProgress?: (progress: VerifyProgress) => void
+}): Promise<VerifyReport | null>

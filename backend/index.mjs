@@ -14,5 +14,7 @@ export const {
   getImageRecord,
   customEndpointHelper,
   stopDefaultEndpoint,
+  rotateMasterKey,
+  verifyStore,
   PixstoreError,
 } = backend

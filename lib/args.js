@@ -49,6 +49,12 @@ function bytes(fn, name, value) {
   throw fail(fn, name, 'a Buffer or Uint8Array', value)
 }
 
+/** A master key: bytes as a Buffer, or a string of their base64, handed on as it is. */
+function masterKey(fn, name, value) {
+  if (typeof value === 'string') return value
+  return bytes(fn, name, value)
+}
+
 /**
  * A client token as a request hands it over: a number, a numeric string (`req.query.token`),
  * `NaN` or `undefined`. Anything but a safe integer counts as no token.
@@ -69,6 +75,8 @@ const CONFIG_KEYS = {
   defaultEndpointListenPort: 'a number',
   accessControlAllowOrigin: 'a string',
   errorHandlingMode: 'a string',
+  masterKey: 'a Buffer or Uint8Array of 32 bytes, or a string of their base64',
+  databaseBusyTimeout: 'a number',
 }
 
 function hasType(key, value) {
@@ -77,9 +85,12 @@ function hasType(key, value) {
       return Array.isArray(value) && value.every((name) => typeof name === 'string')
     case 'statelessKeyWindowLength':
     case 'defaultEndpointListenPort':
+    case 'databaseBusyTimeout':
       return typeof value === 'number'
     case 'defaultEndpointEnabled':
       return typeof value === 'boolean'
+    case 'masterKey':
+      return value instanceof Uint8Array || typeof value === 'string'
     default:
       return typeof value === 'string'
   }
@@ -107,7 +118,7 @@ function backendConfig(config) {
     }
     if (value === undefined) continue
     if (!hasType(key, value)) throw fail(fn, `config.${key}`, CONFIG_KEYS[key], value)
-    checked[key] = value
+    checked[key] = key === 'masterKey' ? masterKey(fn, 'config.masterKey', value) : value
   }
   return { config: checked, unknownKeys }
 }
@@ -118,6 +129,7 @@ module.exports = {
   optionalString,
   bytes,
   token,
+  masterKey,
   backendConfig,
   CONFIG_KEY_NAMES: Object.keys(CONFIG_KEYS),
 }

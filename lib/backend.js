@@ -1,5 +1,6 @@
 'use strict'
 
+const { isMainThread } = require('node:worker_threads')
 const native = require('./native.js')
 const args = require('./args.js')
 const { PixstoreError, settle } = require('./errors.js')
@@ -25,7 +26,8 @@ function closePixstoreBackend() {
 function saveImage(buffer, dir) {
   return guard(async () => {
     const image = args.bytes('saveImage', 'buffer', buffer)
-    return settle(await native.saveImage(image, args.optionalString('saveImage', 'dir', dir)))
+    const prefix = args.optionalString('saveImage', 'dir', dir)
+    return settle(await native.saveImage(image, prefix, isMainThread))
   })
 }
 
@@ -41,7 +43,7 @@ function updateImage(id, buffer) {
   return guard(async () => {
     const checkedId = args.string('updateImage', 'id', id)
     const image = args.bytes('updateImage', 'buffer', buffer)
-    return settle(await native.updateImage(checkedId, image))
+    return settle(await native.updateImage(checkedId, image, isMainThread))
   })
 }
 
@@ -80,6 +82,41 @@ function customEndpointHelper(id, clientToken, proof) {
   })
 }
 
+function rotateMasterKey(newKey) {
+  return guard(async () => {
+    const fn = 'rotateMasterKey'
+    if (newKey !== null && !(newKey instanceof Uint8Array) && typeof newKey !== 'string') {
+      throw new TypeError(
+        `${fn}: newKey must be a Buffer or Uint8Array of 32 bytes, a string of their base64, ` +
+          `or null, received ${args.describe(newKey)}`,
+      )
+    }
+    const key = newKey === null ? undefined : args.masterKey(fn, 'newKey', newKey)
+    return { rewrapped: settle(await native.rotateMasterKey(key)) }
+  })
+}
+
+function verifyStore(options = {}) {
+  return guard(async () => {
+    const fn = 'verifyStore'
+    if (typeof options !== 'object' || options === null) {
+      throw new TypeError(`${fn}: options must be an object, received ${args.describe(options)}`)
+    }
+    const { repair = false, onProgress } = options
+    if (typeof repair !== 'boolean') {
+      throw new TypeError(
+        `${fn}: options.repair must be a boolean, received ${args.describe(repair)}`,
+      )
+    }
+    if (onProgress !== undefined && typeof onProgress !== 'function') {
+      throw new TypeError(
+        `${fn}: options.onProgress must be a function, received ${args.describe(onProgress)}`,
+      )
+    }
+    return settle(await native.verifyStore(repair, onProgress))
+  })
+}
+
 function stopDefaultEndpoint() {
   return guard(async () => {
     settle(await native.stopDefaultEndpoint())
@@ -99,5 +136,7 @@ module.exports = {
   getImageRecord,
   customEndpointHelper,
   stopDefaultEndpoint,
+  rotateMasterKey,
+  verifyStore,
   PixstoreError,
 }

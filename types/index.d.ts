@@ -1,4 +1,12 @@
-import type { BackendConfig, ImageMeta, ImageRecord as NativeImageRecord } from '../index.js'
+import type {
+  BackendConfig,
+  ImageMeta,
+  ImageRecord as NativeImageRecord,
+  VerifyProgress,
+  VerifyReport,
+} from '../index.js'
+
+export type { VerifyProgress, VerifyReport }
 
 /** Key, IV and tag that decrypt one image: standard base64 with padding. */
 export type ImageDecryptionMeta = ImageMeta
@@ -38,7 +46,15 @@ export type ImageFormat =
   | 'jxl'
 
 /** Backend configuration: every key optional, merged over the defaults. */
-export type PixstoreBackendConfig = Omit<BackendConfig, 'imageFormats' | 'errorHandlingMode'> & {
+export type PixstoreBackendConfig = Omit<
+  BackendConfig,
+  'imageFormats' | 'errorHandlingMode' | 'masterKey'
+> & {
+  /**
+   * 32 bytes, or their base64, that wrap every image key before it reaches SQLite. Default: the
+   * `PIXSTORE_MASTER_KEY` environment variable (base64), if set.
+   */
+  masterKey?: Buffer | Uint8Array | string
   /**
    * Allowed formats, recognised from content. The order fixes each format's byte in the
    * encrypted file: 1 + its index. Default `['png', 'webp', 'jpg', 'jpeg']`.
@@ -59,8 +75,14 @@ export type PixstoreErrorCode =
   | 'FILE_NOT_READABLE'
   | 'INTEGRITY_ERROR'
   | 'STORAGE_ERROR'
+  | 'STORAGE_FULL'
+  | 'STORAGE_READ_ONLY'
   | 'DATABASE_ERROR'
+  | 'DATABASE_BUSY'
+  | 'DATABASE_CORRUPT'
   | 'INCOMPATIBLE_STORE'
   | 'ENDPOINT_UNAVAILABLE'
   | 'DEFAULT_ENDPOINT_RUNNING'
   | 'STORE_IN_USE'
+  | 'MASTER_KEY_REQUIRED'
+  | 'WRONG_MASTER_KEY'

@@ -5,7 +5,8 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 
-use napi::bindgen_prelude::{Buffer, Either, Error, PromiseRaw, Result, ToNapiValue};
+use napi::bindgen_prelude::{Buffer, Either, Error, Function, PromiseRaw, Result, ToNapiValue};
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::Env;
 use napi_derive::napi;
 
@@ -78,6 +79,20 @@ pub struct BackendConfig {
   /// How failures are reported: `'hybrid'`, `'throw'`, `'warn'`, `'silent'` or `'custom'`.
   /// Default `'hybrid'`.
   pub error_handling_mode: Option<String>,
+  /// 32 bytes (or their base64) that wrap every image key before it reaches SQLite. Default: the
+  /// `PIXSTORE_MASTER_KEY` environment variable, if set; otherwise keys are stored as 3.x
+  /// stores them.
+  pub master_key: Option<Either<Buffer, String>>,
+  /// Milliseconds a write waits for another process's lock on the database before failing with
+  /// `DATABASE_BUSY`. Default `30000`.
+  pub database_busy_timeout: Option<f64>,
+}
+
+fn secret(key: Either<Buffer, String>) -> core::config::SecretInput {
+  match key {
+    Either::A(bytes) => core::config::SecretInput::Bytes(bytes.to_vec()),
+    Either::B(text) => core::config::SecretInput::Base64(text),
+  }
 }
 
 /// What `init` settled on, for the JavaScript layer.
@@ -142,6 +157,8 @@ pub fn init(config: Option<BackendConfig>) -> Either<InitResult, Failure> {
     default_endpoint_listen_port: config.default_endpoint_listen_port,
     access_control_allow_origin: config.access_control_allow_origin,
     error_handling_mode: config.error_handling_mode,
+    master_key: config.master_key.map(secret),
+    database_busy_timeout: config.database_busy_timeout,
   };
   settle(core::Config::resolve(input).and_then(|config| {
     let mode = config.error_handling_mode.name().to_owned();
@@ -178,10 +195,29 @@ pub fn close(env: &Env) -> Result<PromiseRaw<'_, ()>> {
   })
 }
 
-/// Copies a caller's buffer at call time. Its memory belongs to the JavaScript environment, which
-/// a terminated worker thread frees at once, while the store may still be reading it.
-fn owned(image: Buffer) -> Vec<u8> {
-  image.to_vec()
+/// A caller's image bytes. On the main thread the store reads the caller's buffer itself, holding
+/// a reference that keeps it alive. A worker thread's buffers are copied at call time: a
+/// terminated worker frees its memory at once, while the store may still be reading it.
+enum ImageBytes {
+  Borrowed(Buffer),
+  Copied(Vec<u8>),
+}
+
+impl AsRef<[u8]> for ImageBytes {
+  fn as_ref(&self) -> &[u8] {
+    match self {
+      ImageBytes::Borrowed(buffer) => buffer,
+      ImageBytes::Copied(bytes) => bytes,
+    }
+  }
+}
+
+fn image_bytes(image: Buffer, main_thread: bool) -> ImageBytes {
+  if main_thread {
+    ImageBytes::Borrowed(image)
+  } else {
+    ImageBytes::Copied(image.to_vec())
+  }
 }
 
 /// Starts a call on the open store now, on the JavaScript thread, and runs the rest on the
@@ -204,8 +240,9 @@ pub fn save_image(
   env: &Env,
   image: Buffer,
   dir: Option<String>,
+  main_thread: bool,
 ) -> Result<PromiseRaw<'_, Either<ImageRecord, Failure>>> {
-  let image = owned(image);
+  let image = image_bytes(image, main_thread);
   spawn(env, |call| async move {
     call?.save(image, dir).await.map(Into::into)
   })
@@ -227,8 +264,9 @@ pub fn update_image(
   env: &Env,
   id: String,
   image: Buffer,
+  main_thread: bool,
 ) -> Result<PromiseRaw<'_, Either<ImageRecord, Failure>>> {
-  let image = owned(image);
+  let image = image_bytes(image, main_thread);
   spawn(env, |call| async move {
     call?.update(&id, image).await.map(Into::into)
   })
@@ -322,5 +360,116 @@ pub fn stop_default_endpoint(env: &Env) -> Result<PromiseRaw<'_, Either<(), Fail
   spawn(env, |call| async move {
     let call = call?;
     call.stop_endpoint().await
+  })
+}
+
+/// Re-wraps every image key of the open store under `newKey` (`null`: stores them plain), in
+/// batches, while the store serves. Resolves with how many keys were re-wrapped.
+#[napi(ts_return_type = "Promise<number | Failure>")]
+pub fn rotate_master_key(
+  env: &Env,
+  new_key: Option<Either<Buffer, String>>,
+) -> Result<PromiseRaw<'_, Either<u32, Failure>>> {
+  let new_key = new_key.map(secret);
+  spawn(env, |call| async move {
+    Ok(call?.rotate_master_key(new_key).await? as u32)
+  })
+}
+
+/// Progress of `verifyStore`.
+#[napi(object)]
+pub struct VerifyProgress {
+  /// Records checked so far.
+  pub checked: u32,
+  /// Records in the store when the check began.
+  pub total: u32,
+}
+
+/// What `verifyStore` found.
+#[napi(object)]
+pub struct VerifyReport {
+  /// Whether every record's file decrypts, the database is sound and no orphan is left.
+  pub healthy: bool,
+  /// Records checked.
+  pub records: u32,
+  /// Records whose file decrypts under their key.
+  pub intact: u32,
+  /// Records whose file is missing: `{ id, path }`.
+  pub missing: Vec<MissingFile>,
+  /// Records whose file does not decrypt, or whose key cannot be read: `{ id, reason }`.
+  pub damaged: Vec<DamagedRecord>,
+  /// Paths of files no record names.
+  pub orphans: Vec<String>,
+  /// Orphans removed (with `repair`).
+  pub removed: u32,
+  /// What SQLite's quick check reported; empty when the database is sound.
+  pub database_problems: Vec<String>,
+}
+
+/// A record whose file is missing.
+#[napi(object)]
+pub struct MissingFile {
+  pub id: String,
+  pub path: String,
+}
+
+/// A record whose file or key is damaged.
+#[napi(object)]
+pub struct DamagedRecord {
+  pub id: String,
+  pub reason: String,
+}
+
+/// Checks every record's file and the database, and lists files no record names; with
+/// `repair`, removes those. `onProgress` is called as records are checked.
+#[napi(
+  ts_args_type = "repair: boolean, onProgress?: (progress: VerifyProgress) => void",
+  ts_return_type = "Promise<VerifyReport | Failure>"
+)]
+pub fn verify_store<'env>(
+  env: &'env Env,
+  repair: bool,
+  on_progress: Option<Function<'_, VerifyProgress, ()>>,
+) -> Result<PromiseRaw<'env, Either<VerifyReport, Failure>>> {
+  let progress = on_progress
+    .map(|f| {
+      f.build_threadsafe_function::<VerifyProgress>()
+        .callee_handled::<false>()
+        .build()
+    })
+    .transpose()?;
+  spawn(env, |call| async move {
+    let report = call?
+      .verify(repair, move |checked, total| {
+        if let Some(progress) = &progress {
+          progress.call(
+            VerifyProgress {
+              checked: checked as u32,
+              total: total as u32,
+            },
+            ThreadsafeFunctionCallMode::NonBlocking,
+          );
+        }
+      })
+      .await?;
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    Ok(VerifyReport {
+      healthy: report.healthy(),
+      records: report.records as u32,
+      intact: report.intact as u32,
+      missing: report
+        .missing
+        .into_iter()
+        .map(|(id, p)| MissingFile { id, path: path(p) })
+        .collect(),
+      damaged: report
+        .damaged
+        .into_iter()
+        .map(|(id, reason)| DamagedRecord { id, reason })
+        .collect(),
+      orphans: report.orphans.into_iter().map(path).collect(),
+      removed: report.removed as u32,
+      database_problems: report.database,
+    })
   })
 }

@@ -1,9 +1,12 @@
 //! The backend configuration: pixstore 3.x's keys, defaults and rules.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::error::{quote, Error, ErrorKind, Result};
 use super::formats::FormatList;
+use super::keys::MasterKey;
 use super::proofs::Window;
 
 /// How public functions report failures. The JavaScript layer applies it; the core only checks
@@ -48,7 +51,37 @@ pub struct ConfigInput {
   pub default_endpoint_listen_port: Option<f64>,
   pub access_control_allow_origin: Option<String>,
   pub error_handling_mode: Option<String>,
+  pub master_key: Option<SecretInput>,
+  pub database_busy_timeout: Option<f64>,
 }
+
+/// A master key as a caller gives it.
+#[derive(Clone)]
+pub enum SecretInput {
+  Bytes(Vec<u8>),
+  /// Standard base64 of the bytes.
+  Base64(String),
+}
+
+// Key material never reaches a log through `{:?}`.
+impl std::fmt::Debug for SecretInput {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("SecretInput(..)")
+  }
+}
+
+impl SecretInput {
+  /// The master key these bytes make, or an error of `kind` naming `source`.
+  pub fn to_key(&self, source: &str, kind: ErrorKind) -> Result<MasterKey> {
+    match self {
+      SecretInput::Bytes(bytes) => MasterKey::from_bytes(bytes, source, kind),
+      SecretInput::Base64(text) => MasterKey::from_base64(text, source, kind),
+    }
+  }
+}
+
+/// The environment variable a deployment can give the master key in, as base64.
+pub const MASTER_KEY_ENV: &str = "PIXSTORE_MASTER_KEY";
 
 /// A checked configuration, with paths made absolute against the working directory at init.
 #[derive(Clone, Debug)]
@@ -63,6 +96,10 @@ pub struct Config {
   pub default_endpoint_listen_port: u16,
   pub access_control_allow_origin: String,
   pub error_handling_mode: ErrorHandlingMode,
+  /// Wraps every image key before it reaches SQLite, when given.
+  pub master_key: Option<Arc<MasterKey>>,
+  /// How long a write waits for another process's lock on the database.
+  pub database_busy_timeout: Duration,
 }
 
 impl Config {
@@ -167,6 +204,26 @@ impl Config {
         ))
       })?;
 
+    let master_key = match input.master_key {
+      Some(secret) => Some(secret.to_key("masterKey", ErrorKind::InvalidConfig)?),
+      None => match std::env::var(MASTER_KEY_ENV) {
+        Ok(text) if !text.is_empty() => Some(MasterKey::from_base64(
+          &text,
+          MASTER_KEY_ENV,
+          ErrorKind::InvalidConfig,
+        )?),
+        _ => None,
+      },
+    };
+
+    let busy = input.database_busy_timeout.unwrap_or(30_000.0);
+    if !(0.0..=2_147_483_647.0).contains(&busy) || busy.fract() != 0.0 {
+      return Err(invalid(format!(
+        "Invalid databaseBusyTimeout {busy}: expected a whole number of milliseconds from 0 to \
+         2147483647"
+      )));
+    }
+
     Ok(Config {
       image_formats,
       image_root,
@@ -178,6 +235,8 @@ impl Config {
       default_endpoint_listen_port: port as u16,
       access_control_allow_origin: origin,
       error_handling_mode,
+      master_key: master_key.map(Arc::new),
+      database_busy_timeout: Duration::from_millis(busy as u64),
     })
   }
 }

@@ -11,6 +11,7 @@ use base64::Engine;
 use rand::RngCore;
 
 use super::error::{Error, ErrorKind, Result};
+use super::keys::Keyring;
 
 pub const KEY_LEN: usize = 32;
 pub const IV_LEN: usize = 12;
@@ -32,9 +33,10 @@ impl std::fmt::Debug for Meta {
 }
 
 impl Meta {
-  /// The `meta` column's JSON text: `{"key":…,"iv":…,"tag":…}`, standard base64 with padding.
+  /// The `meta` column's JSON text without a master key: `{"key":…,"iv":…,"tag":…}`, standard
+  /// base64 with padding, in 3.x's key order.
   pub fn to_json(&self) -> String {
-    // Base64 needs no JSON escaping; the key order is 3.x's.
+    // Base64 needs no JSON escaping.
     format!(
       r#"{{"key":"{}","iv":"{}","tag":"{}"}}"#,
       self.key_base64(),
@@ -43,8 +45,23 @@ impl Meta {
     )
   }
 
-  /// Reads a `meta` column. `id` only names the record in the error.
-  pub fn from_json(text: &str, id: &str) -> Result<Self> {
+  /// The `meta` column for the record `id`: the image key wrapped under the keyring's write key
+  /// when it has one, plain JSON otherwise.
+  pub fn to_column(&self, id: &str, ring: &Keyring) -> String {
+    match ring.write_key() {
+      None => self.to_json(),
+      Some(master) => format!(
+        r#"{{"wrappedKey":"{}","masterKey":"{}","iv":"{}","tag":"{}"}}"#,
+        master.wrap(id, &self.key),
+        master.fingerprint(),
+        self.iv_base64(),
+        self.tag_base64()
+      ),
+    }
+  }
+
+  /// Reads the `meta` column of the record `id`, unwrapping its key with the keyring.
+  pub fn from_column(text: &str, id: &str, ring: &Keyring) -> Result<Self> {
     let corrupt = |why: &str| {
       Error::new(
         ErrorKind::Integrity,
@@ -52,13 +69,15 @@ impl Meta {
       )
     };
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| corrupt("not JSON"))?;
-    let field = |name: &str, len: usize| -> Result<Vec<u8>> {
-      let text = value
+    let text_field = |name: &str| -> Result<&str> {
+      value
         .get(name)
         .and_then(|v| v.as_str())
-        .ok_or_else(|| corrupt(&format!("no {name} string")))?;
+        .ok_or_else(|| corrupt(&format!("no {name} string")))
+    };
+    let field = |name: &str, len: usize| -> Result<Vec<u8>> {
       let bytes = BASE64
-        .decode(text)
+        .decode(text_field(name)?)
         .map_err(|_| corrupt(&format!("{name} is not base64")))?;
       if bytes.len() != len {
         return Err(corrupt(&format!("{name} is not {len} bytes")));
@@ -66,11 +85,34 @@ impl Meta {
       Ok(bytes)
     };
 
+    let key: [u8; KEY_LEN] = if value.get("wrappedKey").is_some() {
+      let fingerprint = text_field("masterKey")?;
+      let master = ring.key(fingerprint).ok_or_else(|| {
+        Error::new(
+          ErrorKind::WrongMasterKey,
+          format!(
+            "The key of image {id} is wrapped by a master key this process was not given \
+             (fingerprint {})",
+            super::error::quote(fingerprint)
+          ),
+        )
+      })?;
+      master
+        .unwrap(id, text_field("wrappedKey")?)
+        .ok_or_else(|| corrupt("its wrapped key does not open under the master key"))?
+    } else {
+      field("key", KEY_LEN)?.try_into().expect("length checked")
+    };
     Ok(Meta {
-      key: field("key", KEY_LEN)?.try_into().expect("length checked"),
+      key,
       iv: field("iv", IV_LEN)?.try_into().expect("length checked"),
       tag: field("tag", TAG_LEN)?.try_into().expect("length checked"),
     })
+  }
+
+  /// Reads a plain `meta` column, as 3.x wrote it. `id` only names the record in the error.
+  pub fn from_json(text: &str, id: &str) -> Result<Self> {
+    Self::from_column(text, id, &Keyring::default())
   }
 
   pub fn key_base64(&self) -> String {
@@ -133,6 +175,24 @@ pub fn open(mut ciphertext: Vec<u8>, meta: &Meta) -> Option<(u8, Vec<u8>)> {
   Some((format_byte, ciphertext))
 }
 
+/// Whether `ciphertext` is intact under `meta`: its tag checks out. The bytes are left as they
+/// were (decrypted, then encrypted again under the same key and IV, which gives them back), so
+/// a payload can be checked where it lies, without a second copy.
+pub fn is_intact(ciphertext: &mut [u8], meta: &Meta) -> bool {
+  let cipher = Aes256Gcm::new(&meta.key.into());
+  let nonce = Nonce::from_slice(&meta.iv);
+  if cipher
+    .decrypt_in_place_detached(nonce, b"", ciphertext, Tag::from_slice(&meta.tag))
+    .is_err()
+  {
+    return false;
+  }
+  cipher
+    .encrypt_in_place_detached(nonce, b"", ciphertext)
+    .expect("AES-GCM encrypts what it decrypted");
+  !ciphertext.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -143,6 +203,18 @@ mod tests {
     let (ciphertext, meta) = seal(1, &image);
     assert_eq!(ciphertext.len(), image.len() + 1);
     assert_eq!(open(ciphertext, &meta), Some((1, image)));
+  }
+
+  #[test]
+  fn an_intact_file_is_left_as_it_was() {
+    let (ciphertext, meta) = seal(2, b"webp bytes");
+    let mut checked = ciphertext.clone();
+    assert!(is_intact(&mut checked, &meta));
+    assert_eq!(checked, ciphertext);
+    checked[0] ^= 1;
+    assert!(!is_intact(&mut checked, &meta));
+    checked[0] ^= 1;
+    assert_eq!(checked, ciphertext);
   }
 
   #[test]

@@ -24,8 +24,16 @@ pub enum ErrorKind {
   Integrity,
   /// The image root could not be written or read.
   Storage,
+  /// The disk (or the process's file size limit) has no room for the write.
+  StorageFull,
+  /// The image root or the database cannot be written: a read-only filesystem or permissions.
+  StorageReadOnly,
   /// SQLite failed.
   Database,
+  /// Another process held the database locked for longer than the busy timeout.
+  DatabaseBusy,
+  /// The database file is damaged.
+  DatabaseCorrupt,
   /// The database exists but is not a store this version can open.
   IncompatibleStore,
   /// The default endpoint cannot listen on its host and port.
@@ -34,6 +42,10 @@ pub enum ErrorKind {
   DefaultEndpointRunning,
   /// A maintenance command needs the store to itself, and another process has it open.
   StoreInUse,
+  /// The store's image keys are wrapped by a master key, and none was given.
+  MasterKeyRequired,
+  /// The master key given is not the one the store's keys are wrapped by.
+  WrongMasterKey,
 }
 
 impl ErrorKind {
@@ -49,11 +61,17 @@ impl ErrorKind {
       ErrorKind::FileNotReadable => "FILE_NOT_READABLE",
       ErrorKind::Integrity => "INTEGRITY_ERROR",
       ErrorKind::Storage => "STORAGE_ERROR",
+      ErrorKind::StorageFull => "STORAGE_FULL",
+      ErrorKind::StorageReadOnly => "STORAGE_READ_ONLY",
       ErrorKind::Database => "DATABASE_ERROR",
+      ErrorKind::DatabaseBusy => "DATABASE_BUSY",
+      ErrorKind::DatabaseCorrupt => "DATABASE_CORRUPT",
       ErrorKind::IncompatibleStore => "INCOMPATIBLE_STORE",
       ErrorKind::EndpointUnavailable => "ENDPOINT_UNAVAILABLE",
       ErrorKind::DefaultEndpointRunning => "DEFAULT_ENDPOINT_RUNNING",
       ErrorKind::StoreInUse => "STORE_IN_USE",
+      ErrorKind::MasterKeyRequired => "MASTER_KEY_REQUIRED",
+      ErrorKind::WrongMasterKey => "WRONG_MASTER_KEY",
     }
   }
 }
@@ -100,13 +118,46 @@ impl Error {
 
   pub(crate) fn storage(action: &str, path: &std::path::Path, source: &std::io::Error) -> Self {
     Error::new(
-      ErrorKind::Storage,
+      storage_kind(source),
       format!("Could not {action} {}: {source}", path.display()),
     )
   }
 
+  /// This database error, with the kind the operating system's `errno` gives it when that is a
+  /// full disk or a read-only one.
+  pub(crate) fn caused_by_os_error(self, errno: i32) -> Self {
+    if errno == 0 {
+      return self;
+    }
+    let source = std::io::Error::from_raw_os_error(errno);
+    match storage_kind(&source) {
+      ErrorKind::Storage => self,
+      kind => Error {
+        kind,
+        message: format!("{} ({source})", self.message),
+        detail: self.detail,
+      },
+    }
+  }
+
   pub(crate) fn database(action: &str, source: &rusqlite::Error) -> Self {
-    Error::new(ErrorKind::Database, format!("Could not {action}: {source}"))
+    let (kind, advice) = match source.sqlite_error_code() {
+      Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => (
+        ErrorKind::DatabaseBusy,
+        ": another process held the database locked for longer than databaseBusyTimeout",
+      ),
+      Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => (
+        ErrorKind::DatabaseCorrupt,
+        ": the database file is damaged; restore it from a backup",
+      ),
+      Some(rusqlite::ErrorCode::DiskFull) => (ErrorKind::StorageFull, ": the disk is full"),
+      Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => (
+        ErrorKind::StorageReadOnly,
+        ": the database or its folder cannot be written",
+      ),
+      _ => (ErrorKind::Database, ""),
+    };
+    Error::new(kind, format!("Could not {action}: {source}{advice}"))
   }
 }
 
@@ -129,6 +180,17 @@ impl From<rusqlite::Error> for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The kind of a failed file operation: a full disk and a read-only root get codes of their own,
+/// since the caller's remedy differs.
+fn storage_kind(source: &std::io::Error) -> ErrorKind {
+  use std::io::ErrorKind as Io;
+  match source.kind() {
+    Io::StorageFull | Io::FileTooLarge | Io::QuotaExceeded => ErrorKind::StorageFull,
+    Io::ReadOnlyFilesystem | Io::PermissionDenied => ErrorKind::StorageReadOnly,
+    _ => ErrorKind::Storage,
+  }
+}
 
 /// Shows a caller's string inside a message: quoted, escaped and cut to a readable length, so
 /// that control characters or a megabyte-long id cannot garble a log line.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod files;
 pub mod formats;
 pub mod ids;
+pub mod keys;
 pub mod proofs;
 pub mod records;
 pub mod store;

@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use super::crypto::Meta;
 use super::error::{Error, ErrorKind, Result};
 use super::files::{self, FileVersion, ImageRoot};
 use super::ids::{now_ms, ImageId};
+use super::keys::{KeyState, Keyring, MasterKey, Rotation, SharedKeyring};
 use super::proofs::{ProofKey, SECRET_LEN};
 
 /// The schema this version writes. A store with a larger one was written by a newer version.
@@ -38,8 +39,10 @@ const OUR_TABLES: [&str; 4] = [
   "pixstore_trash",
 ];
 
-/// How long a connection waits for another process's lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle writer looks for a rotation another process started. A rotation lasts at
+/// least a few of these, so that every live instance learns the new key while the database
+/// still holds it wrapped under the old one.
+pub const KEY_POLL: Duration = Duration::from_millis(250);
 
 /// Most changes in one commit; more wait for the next.
 const MAX_BATCH: usize = 512;
@@ -53,42 +56,95 @@ pub struct StoredRecord {
   pub version: FileVersion,
 }
 
-/// Opens a connection set up for the store: WAL, full sync, and a generous busy timeout.
-fn connect(path: &Path, flags: OpenFlags) -> Result<Connection> {
+/// Opens a connection that waits up to `busy` for another process's lock.
+fn connect(path: &Path, flags: OpenFlags, busy: Duration) -> Result<Connection> {
   let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, &e))?;
-  conn
-    .busy_timeout(BUSY_TIMEOUT)
-    .map_err(|e| open_error(path, &e))?;
+  conn.busy_timeout(busy).map_err(|e| open_error(path, &e))?;
   Ok(conn)
 }
 
 fn open_error(path: &Path, source: &rusqlite::Error) -> Error {
-  let kind = match source.sqlite_error_code() {
-    Some(rusqlite::ErrorCode::NotADatabase) => ErrorKind::IncompatibleStore,
-    _ => ErrorKind::Database,
-  };
-  Error::new(
-    kind,
-    format!("Could not open the database {}: {source}", path.display()),
-  )
+  let err = Error::database(&format!("open the database {}", path.display()), source);
+  // A file that is not SQLite at all was never a store; one that is, and fails, is damaged.
+  if err.kind() == ErrorKind::DatabaseCorrupt && !has_sqlite_header(path) {
+    return Error::new(
+      ErrorKind::IncompatibleStore,
+      format!(
+        "The database {} is not a SQLite file. It was left unchanged; point databasePath at a \
+         Pixstore database or a new file",
+        path.display()
+      ),
+    );
+  }
+  err
 }
 
-/// Opens the database, creating or upgrading the schema, and returns the write connection and
-/// the proof secret. Refuses a database that is not a Pixstore store, and changes nothing in it.
-pub fn open_store(path: &Path) -> Result<(Connection, ProofKey)> {
+/// Reads the errno of a connection's last failed system call. SQLite reports every write the
+/// disk refused as a plain I/O error; the errno says whether the disk was full or read-only.
+struct SystemErrno(*mut rusqlite::ffi::sqlite3);
+
+impl SystemErrno {
+  fn of(conn: &Connection) -> Self {
+    // SAFETY: the pointer is only read back by `explain` while `conn` lives, on its thread.
+    SystemErrno(unsafe { conn.handle() })
+  }
+
+  fn explain(&self, err: Error) -> Error {
+    if err.kind() != ErrorKind::Database {
+      return err;
+    }
+    // SAFETY: `of` holds a live connection's handle; sqlite3_system_errno only reads it.
+    let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(self.0) };
+    err.caused_by_os_error(errno)
+  }
+}
+
+fn has_sqlite_header(path: &Path) -> bool {
+  use std::io::Read;
+  let mut header = [0u8; 16];
+  std::fs::File::open(path)
+    .and_then(|mut file| file.read_exact(&mut header))
+    .is_ok_and(|()| &header == b"SQLite format 3\0")
+}
+
+/// Opens the database, creating or upgrading the schema, and returns the write connection, the
+/// proof secret and the keyring of the `configured` master key. Refuses a database that is not a
+/// Pixstore store, or a master key that does not fit it, and changes nothing in it then.
+pub fn open_store(
+  path: &Path,
+  busy: Duration,
+  configured: Option<Arc<MasterKey>>,
+) -> Result<(Connection, ProofKey, Keyring)> {
   create_owner_only(path)?;
   let mut conn = connect(
     path,
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+    busy,
   )?;
-  let setup = |e: rusqlite::Error| open_error(path, &e);
+  let handle = SystemErrno::of(&conn);
+  let setup = |e: rusqlite::Error| handle.explain(open_error(path, &e));
 
-  // Checked before anything is written, so a foreign file is left exactly as it was.
+  // Checked before anything is written, so a foreign file, or a store opened with the wrong
+  // master key, is left exactly as it was.
   check_compatible(&conn, path)?;
+  keyring_for(&conn, configured.as_ref())?;
 
-  conn
-    .pragma_update(None, "journal_mode", "WAL")
-    .map_err(setup)?;
+  // Turning WAL on upgrades a read lock to a write lock, which SQLite never waits for (waiting
+  // could deadlock): when another process opens the same new store at that instant, it fails at
+  // once. So it is retried here, until the busy timeout runs out.
+  let deadline = std::time::Instant::now() + busy;
+  loop {
+    match conn.pragma_update(None, "journal_mode", "WAL") {
+      Ok(()) => break,
+      Err(e)
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+          && std::time::Instant::now() < deadline =>
+      {
+        std::thread::sleep(Duration::from_millis(5));
+      }
+      Err(e) => return Err(setup(e)),
+    }
+  }
   conn
     .pragma_update(None, "synchronous", "FULL")
     .map_err(setup)?;
@@ -131,6 +187,11 @@ pub fn open_store(path: &Path) -> Result<(Connection, ProofKey)> {
       |row| row.get(0),
     )
     .map_err(setup)?;
+  // Checked again under the write lock: another process may have opened the new store first.
+  let (ring, adopted) = keyring_for(&tx, configured.as_ref())?;
+  if let Some(state) = adopted {
+    put_key_state(&tx, &state)?;
+  }
   tx.commit().map_err(setup)?;
 
   let secret: [u8; SECRET_LEN] = stored.try_into().map_err(|_| {
@@ -142,7 +203,7 @@ pub fn open_store(path: &Path) -> Result<(Connection, ProofKey)> {
       ),
     )
   })?;
-  Ok((conn, ProofKey::new(secret)))
+  Ok((conn, ProofKey::new(secret), ring))
 }
 
 /// Records that `writer` may leave files no record names yet. A sweep removes such files only for
@@ -293,8 +354,8 @@ fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
     .collect()
 }
 
-/// Reads one record.
-pub fn get(conn: &Connection, id: &ImageId) -> Result<Option<StoredRecord>> {
+/// Reads one record, unwrapping its key with `ring`.
+pub fn get(conn: &Connection, id: &ImageId, ring: &Keyring) -> Result<Option<StoredRecord>> {
   let row: Option<(i64, String, Option<String>)> = conn
     .prepare_cached("SELECT token, meta, file_version FROM image_records WHERE id = ?1")
     .and_then(|mut stmt| {
@@ -311,7 +372,7 @@ pub fn get(conn: &Connection, id: &ImageId) -> Result<Option<StoredRecord>> {
       Ok(StoredRecord {
         id: id.clone(),
         token,
-        meta: Meta::from_json(&meta, id.as_str())?,
+        meta: Meta::from_column(&meta, id.as_str(), ring)?,
         version: FileVersion::from_column(version, id.as_str())?,
       })
     })
@@ -333,16 +394,184 @@ pub fn all_files(conn: &Connection) -> Result<Vec<(ImageId, FileVersion)>> {
   )
 }
 
+/// What `pixstore_meta` says about master keys.
+pub fn key_state(conn: &Connection) -> Result<KeyState> {
+  let read = |name: &str| -> Result<Option<String>> {
+    conn
+      .prepare_cached("SELECT value FROM pixstore_meta WHERE name = ?1")
+      .and_then(|mut stmt| stmt.query_row([name], |row| row.get(0)).optional())
+      .map_err(|e| Error::database("read the master key state", &e))
+  };
+  let rotation = match read("rotation_target")? {
+    None => None,
+    Some(target) => Some(Rotation {
+      target: Some(target).filter(|t| !t.is_empty()),
+      target_wrapped: read("rotation_target_wrapped")?,
+      current_wrapped: read("rotation_current_wrapped")?,
+    }),
+  };
+  Ok(KeyState {
+    current: read("master_key")?,
+    rotation,
+    epoch: read("key_epoch")?.and_then(|e| e.parse().ok()).unwrap_or(0),
+  })
+}
+
+fn put_key_state(tx: &rusqlite::Transaction, state: &KeyState) -> Result<()> {
+  let put = |name: &str, value: Option<&str>| -> rusqlite::Result<()> {
+    match value {
+      Some(value) => tx
+        .prepare_cached("INSERT OR REPLACE INTO pixstore_meta(name, value) VALUES (?1, ?2)")?
+        .execute([name, value])
+        .map(drop),
+      None => tx
+        .prepare_cached("DELETE FROM pixstore_meta WHERE name = ?1")?
+        .execute([name])
+        .map(drop),
+    }
+  };
+  let rotation = state.rotation.as_ref();
+  put("master_key", state.current.as_deref())?;
+  put(
+    "rotation_target",
+    rotation.map(|r| r.target.as_deref().unwrap_or("")),
+  )?;
+  put(
+    "rotation_target_wrapped",
+    rotation.and_then(|r| r.target_wrapped.as_deref()),
+  )?;
+  put(
+    "rotation_current_wrapped",
+    rotation.and_then(|r| r.current_wrapped.as_deref()),
+  )?;
+  put("key_epoch", Some(&state.epoch.to_string()))?;
+  Ok(())
+}
+
+/// The keyring of a store opened with `configured`, checked against what the database says,
+/// and the key state to record when a new, empty store takes the configured key as its own.
+/// A store whose keys are plain is never wrapped behind the caller's back (that is
+/// `rotateMasterKey`'s job). Only reads, and reads a database without our tables as empty.
+fn keyring_for(
+  conn: &Connection,
+  configured: Option<&Arc<MasterKey>>,
+) -> Result<(Keyring, Option<KeyState>)> {
+  let no_table = |e: &Error| e.message().contains("no such table");
+  let mut state = match key_state(conn) {
+    Err(e) if no_table(&e) => KeyState::default(),
+    other => other?,
+  };
+  let mut adopted = None;
+  if let (Some(key), None, None) = (configured, &state.current, &state.rotation) {
+    let records: i64 = match conn.query_row("SELECT count(*) FROM image_records", [], |row| {
+      row.get(0)
+    }) {
+      Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => 0,
+      other => other?,
+    };
+    if records > 0 {
+      return Err(Error::new(
+        ErrorKind::WrongMasterKey,
+        format!(
+          "A masterKey was given, but the {records} image key(s) of this store are not wrapped \
+           by one. To wrap them, open the store without masterKey and call \
+           rotateMasterKey(key); nothing was changed"
+        ),
+      ));
+    }
+    state.current = Some(key.fingerprint().to_owned());
+    state.epoch += 1;
+    adopted = Some(state.clone());
+  }
+
+  let ring = Keyring::resolve(&state, &configured.into_iter().cloned().collect::<Vec<_>>())?;
+  // Every key the records may be wrapped under must be at hand, not only the write key.
+  if let Some(current) = &state.current {
+    if ring.key(current).is_none() {
+      return Err(Error::new(
+        ErrorKind::MasterKeyRequired,
+        "A rotation that removes this store's master key is under way: open it with the old \
+         master key until rotateMasterKey(null) has finished",
+      ));
+    }
+  }
+  Ok((ring, adopted))
+}
+
+/// Up to `limit` records after `after` (a rowid) whose keys are not wrapped under `target`
+/// (`None`: whose keys are wrapped at all): (rowid, id, meta column).
+pub fn not_wrapped_under(
+  conn: &Connection,
+  target: Option<&str>,
+  after: i64,
+  limit: usize,
+) -> Result<Vec<(i64, ImageId, String)>> {
+  let (condition, needle) = wrapped_condition(target);
+  let sql = format!(
+    "SELECT rowid, id, meta FROM image_records WHERE rowid > ?1 AND {condition} \
+     ORDER BY rowid LIMIT ?3"
+  );
+  let rows: Vec<(i64, String, String)> = conn
+    .prepare_cached(&sql)
+    .and_then(|mut stmt| {
+      stmt
+        .query_map(params![after, needle, limit as i64], |row| {
+          Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect()
+    })
+    .map_err(|e| Error::database("list the records to re-wrap", &e))?;
+  Ok(
+    rows
+      .into_iter()
+      .filter_map(|(row, id, meta)| Some((row, ImageId::parse(&id).ok()?, meta)))
+      .collect(),
+  )
+}
+
+/// The SQL condition, with its one parameter `?2`, of a meta column not wrapped under `target`.
+fn wrapped_condition(target: Option<&str>) -> (&'static str, String) {
+  match target {
+    Some(fingerprint) => (
+      "instr(meta, ?2) = 0",
+      format!(r#""masterKey":"{fingerprint}""#),
+    ),
+    None => ("instr(meta, ?2) > 0", r#""wrappedKey""#.to_owned()),
+  }
+}
+
+/// What SQLite's quick check finds wrong with the database; empty when it is sound. A database
+/// too damaged to check is one problem.
+pub fn quick_check(conn: &Connection) -> Result<Vec<String>> {
+  let found: rusqlite::Result<Vec<String>> = conn
+    .prepare("PRAGMA quick_check")
+    .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect());
+  match found {
+    Ok(lines) if lines == ["ok"] => Ok(Vec::new()),
+    Ok(lines) => Ok(lines),
+    Err(e) => {
+      let err = Error::database("check the database", &e);
+      if err.kind() == ErrorKind::DatabaseCorrupt {
+        Ok(vec![err.message().to_owned()])
+      } else {
+        Err(err)
+      }
+    }
+  }
+}
+
 /// Read connections, opened on demand and reused.
 pub struct ReadPool {
   path: PathBuf,
+  busy: Duration,
   idle: Mutex<Vec<Connection>>,
 }
 
 impl ReadPool {
-  pub fn new(path: &Path) -> Self {
+  pub fn new(path: &Path, busy: Duration) -> Self {
     ReadPool {
       path: path.to_path_buf(),
+      busy,
       idle: Mutex::new(Vec::new()),
     }
   }
@@ -360,6 +589,7 @@ impl ReadPool {
       None => connect(
         &self.path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        self.busy,
       )?,
     };
     let result = read(&conn);
@@ -393,6 +623,15 @@ pub enum Change {
   ForgetWriters { writers: Vec<String> },
   /// Drops trash rows whose files are gone.
   ClearTrash { rows: Vec<i64> },
+  /// Starts re-wrapping every image key under `target` (`None`: storing them plain), or takes
+  /// up the rotation to it that is under way.
+  StartRotation { target: Option<Arc<MasterKey>> },
+  /// Re-wraps these records' keys under the key new records get, each unless its meta column
+  /// changed since it was read: [`Outcome::Rewrapped`].
+  Rewrap { records: Vec<(ImageId, String)> },
+  /// Ends the rotation under way once every key is wrapped under its target; otherwise
+  /// [`Outcome::Pending`].
+  FinishRotation,
 }
 
 /// What a committed change did.
@@ -406,6 +645,10 @@ pub enum Outcome {
   Missing,
   /// Housekeeping done.
   Done,
+  /// This many records got their key re-wrapped.
+  Rewrapped { count: usize },
+  /// Records still have their key wrapped under another master key.
+  Pending,
 }
 
 struct Job {
@@ -421,12 +664,17 @@ pub struct RecordWriter {
 
 impl RecordWriter {
   /// Starts the writer thread of the store instance `writer`, which unregisters it when it
-  /// stops.
-  pub fn start(conn: Connection, root: ImageRoot, writer: String) -> Result<Self> {
+  /// stops. It wraps image keys with `keys`, and moves them on when a rotation starts or ends.
+  pub fn start(
+    conn: Connection,
+    root: ImageRoot,
+    writer: String,
+    keys: Arc<SharedKeyring>,
+  ) -> Result<Self> {
     let (queue, jobs) = mpsc::channel();
     let thread = std::thread::Builder::new()
       .name("pixstore-writer".into())
-      .spawn(move || run_writer(conn, root, writer, jobs))
+      .spawn(move || run_writer(conn, root, writer, keys, jobs))
       .map_err(|e| {
         Error::new(
           ErrorKind::Database,
@@ -482,12 +730,30 @@ fn closed() -> Error {
   Error::new(ErrorKind::NotInitialized, "The store is closed")
 }
 
-fn run_writer(mut conn: Connection, root: ImageRoot, writer: String, jobs: mpsc::Receiver<Job>) {
+fn run_writer(
+  mut conn: Connection,
+  root: ImageRoot,
+  writer: String,
+  keys: Arc<SharedKeyring>,
+  jobs: mpsc::Receiver<Job>,
+) {
   // Trash rows whose files are gone, dropped in the next transaction rather than in one of
   // their own.
   let mut emptied: Vec<i64> = Vec::new();
 
-  while let Ok(first) = jobs.recv() {
+  loop {
+    let first = match jobs.recv_timeout(KEY_POLL) {
+      Ok(job) => job,
+      Err(mpsc::RecvTimeoutError::Timeout) => {
+        // An idle instance still follows a rotation another process runs; a failure here shows
+        // at the next commit, which reads the keys again.
+        if let Ok(Some(ring)) = follow_keys(&conn, &keys.get()) {
+          keys.set(ring);
+        }
+        continue;
+      }
+      Err(mpsc::RecvTimeoutError::Disconnected) => break,
+    };
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
       match jobs.try_recv() {
@@ -513,8 +779,11 @@ fn run_writer(mut conn: Connection, root: ImageRoot, writer: String, jobs: mpsc:
       continue;
     }
 
-    match commit_batch(&mut conn, &root, &batch, &emptied) {
-      Ok(outcomes) => {
+    match commit_batch(&mut conn, &root, &keys, &batch, &emptied) {
+      Ok((outcomes, ring)) => {
+        if let Some(ring) = ring {
+          keys.set(ring);
+        }
         emptied.clear();
         for (job, (outcome, trashed)) in batch.into_iter().zip(outcomes) {
           // A file that cannot be removed now stays in the trash for the next sweep.
@@ -527,6 +796,7 @@ fn run_writer(mut conn: Connection, root: ImageRoot, writer: String, jobs: mpsc:
         }
       }
       Err(err) => {
+        let err = SystemErrno::of(&conn).explain(err);
         for job in batch {
           let _ = job.reply.send(Err(err.clone()));
         }
@@ -554,15 +824,25 @@ fn clear_trash(conn: &Connection, rows: &[i64]) -> rusqlite::Result<()> {
 type Applied = (Result<Outcome>, Vec<(i64, PathBuf)>);
 
 /// Applies every change in one transaction. Each change's own failure (a missing record) is its
-/// outcome; a SQLite failure fails the whole batch and commits nothing.
+/// outcome; a SQLite failure fails the whole batch and commits nothing. Returns the keyring to use
+/// from now on when the transaction moved to new master keys.
 fn commit_batch(
   conn: &mut Connection,
   root: &ImageRoot,
+  keys: &SharedKeyring,
   batch: &[Job],
   emptied: &[i64],
-) -> Result<Vec<Applied>> {
+) -> Result<(Vec<Applied>, Option<Arc<Keyring>>)> {
   let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
   clear_trash(&tx, emptied)?;
+
+  // Another process may have started or ended a rotation: keys are wrapped as the database says.
+  let mut ring = keys.get();
+  let mut moved = follow_keys(&tx, &ring)?;
+  if let Some(next) = &moved {
+    ring = Arc::clone(next);
+  }
+
   let now = now_ms() as i64;
   let mut applied = Vec::with_capacity(batch.len());
   let trash = |id: &ImageId, version: &FileVersion| -> Result<(i64, PathBuf)> {
@@ -582,7 +862,7 @@ fn commit_batch(
           .execute(params![
             id.as_str(),
             now,
-            meta.to_json(),
+            meta.to_column(id.as_str(), &ring),
             version.to_column()
           ])?;
         if inserted == 1 {
@@ -606,7 +886,7 @@ fn commit_batch(
           .execute(params![
             id.as_str(),
             token,
-            meta.to_json(),
+            meta.to_column(id.as_str(), &ring),
             version.to_column()
           ])?;
           let replaced = trash(id, &previous_version)?;
@@ -654,12 +934,122 @@ fn commit_batch(
         clear_trash(&tx, rows)?;
         (Ok(Outcome::Done), Vec::new())
       }
+      Change::StartRotation { target } => match start_rotation(&tx, &ring, target.as_ref())? {
+        Ok(Some(next)) => {
+          ring = Arc::new(next);
+          moved = Some(Arc::clone(&ring));
+          (Ok(Outcome::Done), Vec::new())
+        }
+        Ok(None) => (Ok(Outcome::Done), Vec::new()),
+        Err(refused) => (Err(refused), Vec::new()),
+      },
+      Change::Rewrap { records } => (rewrap(&tx, &ring, records), Vec::new()),
+      Change::FinishRotation => {
+        let mut state = key_state(&tx)?;
+        let target = state.write_fingerprint().map(str::to_owned);
+        if !not_wrapped_under(&tx, target.as_deref(), 0, 1)?.is_empty() {
+          (Ok(Outcome::Pending), Vec::new())
+        } else {
+          if let Some(rotation) = state.rotation.take() {
+            state.current = rotation.target;
+            state.epoch += 1;
+            put_key_state(&tx, &state)?;
+            ring = Arc::new(ring.advance(&state)?);
+            moved = Some(Arc::clone(&ring));
+          }
+          (Ok(Outcome::Done), Vec::new())
+        }
+      }
     };
     applied.push(outcome);
   }
 
   tx.commit()?;
-  Ok(applied)
+  Ok((applied, moved))
+}
+
+/// The keyring `ring` moves on to when the database's key epoch differs from its own: another
+/// process started or ended a rotation.
+fn follow_keys(conn: &Connection, ring: &Keyring) -> Result<Option<Arc<Keyring>>> {
+  let epoch: Option<String> = conn
+    .prepare_cached("SELECT value FROM pixstore_meta WHERE name = 'key_epoch'")?
+    .query_row([], |row| row.get(0))
+    .optional()?;
+  if epoch.and_then(|e| e.parse().ok()).unwrap_or(0) == ring.epoch() {
+    return Ok(None);
+  }
+  Ok(Some(Arc::new(ring.advance(&key_state(conn)?)?)))
+}
+
+/// Records a rotation to `target` and returns the keyring that wraps under it; `None` when that
+/// rotation is already under way or `target` is the store's key. A rotation to another key
+/// under way is refused: it must finish first.
+fn start_rotation(
+  tx: &rusqlite::Transaction,
+  ring: &Keyring,
+  target: Option<&Arc<MasterKey>>,
+) -> Result<Result<Option<Keyring>>> {
+  let mut state = key_state(tx)?;
+  let wanted = target.map(|key| key.fingerprint().to_owned());
+  if let Some(rotation) = &state.rotation {
+    if rotation.target == wanted {
+      return Ok(Ok(None));
+    }
+    return Ok(Err(Error::new(
+      ErrorKind::InvalidArgument,
+      format!(
+        "A rotation to another master key (fingerprint {}) is under way: call rotateMasterKey \
+         with that key to finish it first",
+        rotation.target.as_deref().unwrap_or("none: unwrapping")
+      ),
+    )));
+  }
+  if state.current == wanted {
+    return Ok(Ok(None));
+  }
+
+  let current = state.current.as_deref().and_then(|fp| ring.key(fp));
+  let slot = Keyring::rotation_slot();
+  let (target_wrapped, current_wrapped) = match (current, target) {
+    (Some(current), Some(target)) => (
+      Some(current.wrap(slot, target.raw())),
+      Some(target.wrap(slot, current.raw())),
+    ),
+    _ => (None, None),
+  };
+  state.rotation = Some(Rotation {
+    target: wanted,
+    target_wrapped,
+    current_wrapped,
+  });
+  state.epoch += 1;
+  put_key_state(tx, &state)?;
+
+  let mut known = ring.known().to_vec();
+  known.extend(target.cloned());
+  Ok(Ok(Some(Keyring::resolve(&state, &known)?)))
+}
+
+/// Re-wraps records' keys under the keyring's write key, leaving any record whose meta column
+/// changed since it was read (an update wrapped its new key already). Nothing is written when
+/// one of them cannot be read.
+fn rewrap(
+  tx: &rusqlite::Transaction,
+  ring: &Keyring,
+  records: &[(ImageId, String)],
+) -> Result<Outcome> {
+  let mut rewrapped = Vec::with_capacity(records.len());
+  for (id, old) in records {
+    let meta = Meta::from_column(old, id.as_str(), ring)?;
+    rewrapped.push((id, old, meta.to_column(id.as_str(), ring)));
+  }
+  let mut count = 0;
+  for (id, old, new) in rewrapped {
+    count += tx
+      .prepare_cached("UPDATE image_records SET meta = ?3 WHERE id = ?1 AND meta = ?2")?
+      .execute(params![id.as_str(), old, new])?;
+  }
+  Ok(Outcome::Rewrapped { count })
 }
 
 /// The token and file version of an id's record, inside a transaction.

@@ -6,18 +6,19 @@
 //! that decrypts under its meta, whatever moment a crash picks. See `files` for the sweep that
 //! removes files no record names.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::Semaphore;
 
-use super::config::Config;
+use super::config::{Config, SecretInput};
 use super::crypto::{self, Meta};
 use super::endpoint::Endpoint;
 use super::error::{quote, Error, ErrorKind, Result};
 use super::files::{self, FileVersion, ImageRoot, Writer, WriterLiveness, WriterState};
 use super::ids::{now_ms, ImageId};
+use super::keys::{MasterKey, SharedKeyring};
 use super::proofs::ProofKey;
 use super::records::{self, Change, Outcome, ReadPool, RecordWriter, StoredRecord};
 use super::wire::{self, WireState};
@@ -54,11 +55,41 @@ pub struct Store {
   records: RecordWriter,
   reads: ReadPool,
   proof_key: ProofKey,
+  keys: Arc<SharedKeyring>,
+  /// One rotation at a time in this process; the database refuses a second target.
+  rotating: Mutex<()>,
   gate: Gate,
   /// Bounds how many images are being encrypted and written at once, so that a storm of large
   /// saves holds a few ciphertexts in memory rather than one per call.
   file_work: Semaphore,
   endpoint: Mutex<Option<Endpoint>>,
+  /// Files the endpoint found intact, as they were then.
+  intact: Mutex<HashMap<PathBuf, FileStamp>>,
+}
+
+/// Files the endpoint remembers as intact; past this many it starts over.
+const INTACT_REMEMBERED: usize = 65_536;
+
+/// What changes when a file's bytes do: its inode, size, and modification and change times (the
+/// change time cannot be set back by a caller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+  inode: u64,
+  len: u64,
+  modified: (i64, i64),
+  changed: (i64, i64),
+}
+
+impl FileStamp {
+  fn of(metadata: &std::fs::Metadata) -> Self {
+    use std::os::unix::fs::MetadataExt;
+    FileStamp {
+      inode: metadata.ino(),
+      len: metadata.len(),
+      modified: (metadata.mtime(), metadata.mtime_nsec()),
+      changed: (metadata.ctime(), metadata.ctime_nsec()),
+    }
+  }
 }
 
 impl Store {
@@ -67,22 +98,41 @@ impl Store {
   /// synchronous by contract.
   pub fn open(config: Config) -> Result<Arc<Store>> {
     let root = ImageRoot::open(&config.image_root)?;
-    let (conn, proof_key) = records::open_store(&config.database_path)?;
+    let busy = config.database_busy_timeout;
+    let (conn, proof_key, ring) =
+      records::open_store(&config.database_path, busy, config.master_key.clone())?;
+    // Opened with the target of a rotation a crash cut short: finish it in the background.
+    let resume = records::key_state(&conn)?
+      .rotation
+      .filter(|rotation| {
+        rotation.target.is_some()
+          && rotation.target.as_deref() == config.master_key.as_ref().map(|k| k.fingerprint())
+      })
+      .and(config.master_key.clone());
+    let keys = Arc::new(SharedKeyring::new(ring));
     let writer = Writer::register(&root)?;
     records::register_writer(&conn, writer.id())?;
-    let records = RecordWriter::start(conn, root.clone(), writer.id().to_owned())?;
+    let records = RecordWriter::start(
+      conn,
+      root.clone(),
+      writer.id().to_owned(),
+      Arc::clone(&keys),
+    )?;
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
 
     let store = Arc::new(Store {
-      reads: ReadPool::new(&config.database_path),
+      reads: ReadPool::new(&config.database_path, busy),
       config,
       root,
       writer,
       records,
       proof_key,
+      keys,
+      rotating: Mutex::new(()),
       gate: Gate::default(),
       file_work: Semaphore::new((parallel * 2).max(4)),
       endpoint: Mutex::new(None),
+      intact: Mutex::new(HashMap::new()),
     });
 
     if store.config.default_endpoint_enabled {
@@ -104,8 +154,12 @@ impl Store {
     let started = std::thread::Builder::new()
       .name("pixstore-sweep".into())
       .spawn(move || {
-        // Nobody waits for this result; orphans left now are removed by the next sweep.
+        // Nobody waits for these results: orphans left now are removed by the next sweep, and
+        // a rotation cut short again resumes at the next start.
         let _ = sweeper.sweep();
+        if let Some(target) = resume {
+          let _ = sweeper.rotate(Some(target));
+        }
         sweeper.gate.release();
       });
     if let Err(e) = started {
@@ -131,8 +185,27 @@ impl Store {
   pub fn record(&self, id: &str) -> Result<Option<ImageRecord>> {
     let _pass = self.gate.enter()?;
     let id = ImageId::parse(id)?;
-    let stored = self.reads.with(|conn| records::get(conn, &id))?;
+    let stored = self.stored(&id)?;
     Ok(stored.map(|stored| self.to_record(&stored.id, stored.token, &stored.meta)))
+  }
+
+  /// The stored record of `id`, its key unwrapped. A key wrapped under a master key this
+  /// instance has not seen yet means another process started a rotation: the keyring catches
+  /// up with the database and the record is read again.
+  fn stored(&self, id: &ImageId) -> Result<Option<StoredRecord>> {
+    let ring = self.keys.get();
+    match self.reads.with(|conn| records::get(conn, id, &ring)) {
+      Err(err) if err.kind() == ErrorKind::WrongMasterKey => {
+        let state = self.reads.with(records::key_state)?;
+        if state.epoch == ring.epoch() {
+          return Err(err);
+        }
+        let ring = Arc::new(ring.advance(&state)?);
+        self.keys.set(Arc::clone(&ring));
+        self.reads.with(|conn| records::get(conn, id, &ring))
+      }
+      other => other,
+    }
   }
 
   /// Checks a proof for `id` against the current and the previous window.
@@ -191,13 +264,31 @@ impl Store {
     let Some((stored, mut file, path)) = self.open_current(id)? else {
       return Ok(None);
     };
-    let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let metadata = file
+      .metadata()
+      .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
+    let len = metadata.len() as usize;
     let guard = reserve(wire::UPDATED_HEADER_LEN + len);
     let current = client_token == Some(stored.token);
     let mut payload = wire::header(current, stored.token as u64, &stored.meta, len);
+    let header_len = payload.len();
     file
       .read_to_end(&mut payload)
       .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
+    // A changed or cut-off file is never served: the browser would only fail to decrypt it.
+    // Files are never rewritten, so one checked once is checked again only if its inode, size
+    // or times changed.
+    let stamp = FileStamp::of(&metadata);
+    if self.intact.lock().expect("intact lock").get(&path) != Some(&stamp) {
+      if !crypto::is_intact(&mut payload[header_len..], &stored.meta) {
+        return Err(self.damaged(&stored, &path));
+      }
+      let mut intact = self.intact.lock().expect("intact lock");
+      if intact.len() >= INTACT_REMEMBERED {
+        intact.clear();
+      }
+      intact.insert(path, stamp);
+    }
     Ok(Some((payload, guard)))
   }
 
@@ -205,26 +296,33 @@ impl Store {
   /// update or delete may remove the file between reading the record and opening the file; the
   /// record is then read again. Three rounds are plenty in practice.
   fn open_current(&self, id: &ImageId) -> Result<Option<(StoredRecord, std::fs::File, PathBuf)>> {
+    match self.find_current(id)? {
+      Current::Gone => Ok(None),
+      Current::Open(stored, file, path) => Ok(Some((stored, file, path))),
+      Current::Missing(path) => Err(Error::new(
+        ErrorKind::Integrity,
+        format!(
+          "The encrypted file of image {id} is missing: {}",
+          path.display()
+        ),
+      )),
+    }
+  }
+
+  fn find_current(&self, id: &ImageId) -> Result<Current> {
     let mut last_missing = None;
     for _ in 0..3 {
-      let Some(stored) = self.reads.with(|conn| records::get(conn, id))? else {
-        return Ok(None);
+      let Some(stored) = self.stored(id)? else {
+        return Ok(Current::Gone);
       };
       let path = self.root.file(id, &stored.version);
       match std::fs::File::open(&path) {
-        Ok(file) => return Ok(Some((stored, file, path))),
+        Ok(file) => return Ok(Current::Open(stored, file, path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => last_missing = Some(path),
         Err(e) => return Err(Error::storage("read the encrypted file", &path, &e)),
       }
     }
-    let path = last_missing.expect("the loop ran");
-    Err(Error::new(
-      ErrorKind::Integrity,
-      format!(
-        "The encrypted file of image {id} is missing: {}",
-        path.display()
-      ),
-    ))
+    Ok(Current::Missing(last_missing.expect("the loop ran")))
   }
 
   /// Where the default endpoint listens, while it runs.
@@ -338,9 +436,7 @@ impl Store {
   ) -> Result<ImageRecord> {
     if replace {
       let probe = id.clone();
-      let found = self
-        .blocking(move |store| store.reads.with(|conn| records::get(conn, &probe)))
-        .await?;
+      let found = self.blocking(move |store| store.stored(&probe)).await?;
       if found.is_none() {
         return Err(Error::not_found(id.as_str()));
       }
@@ -396,31 +492,158 @@ impl Store {
   }
 
   fn read_now(&self, id: &ImageId) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-
-    let Some((stored, mut file, path)) = self.open_current(id)? else {
+    let Some((stored, file, path)) = self.open_current(id)? else {
       return Ok(None);
     };
+    self.read_open(&stored, file, &path).map(Some)
+  }
+
+  fn read_open(
+    &self,
+    stored: &StoredRecord,
+    mut file: std::fs::File,
+    path: &Path,
+  ) -> Result<Vec<u8>> {
+    use std::io::Read;
+
     let mut ciphertext = Vec::new();
     file
       .read_to_end(&mut ciphertext)
-      .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
-    self.decrypt(&stored, &path, ciphertext).map(Some)
+      .map_err(|e| Error::storage("read the encrypted file", path, &e))?;
+    self.decrypt(stored, path, ciphertext)
+  }
+
+  /// Re-wraps every image key under `target` (`None`: stores them plain) in batches, each its
+  /// own commit, while the store serves. Blocks. When the store closes midway it stops; the
+  /// rotation is recorded in the database and resumes at the next start with the new key.
+  fn rotate(&self, target: Option<Arc<MasterKey>>) -> Result<usize> {
+    let _one = self.rotating.lock().expect("rotation lock");
+    let started = std::time::Instant::now();
+    self.records.commit_blocking(Change::StartRotation {
+      target: target.clone(),
+    })?;
+    let fingerprint = target.as_ref().map(|key| key.fingerprint().to_owned());
+
+    let mut rewrapped = 0;
+    loop {
+      let mut after = 0;
+      loop {
+        if self.gate.is_closed() {
+          return Err(Error::new(
+            ErrorKind::NotInitialized,
+            "Pixstore was closed during the master key rotation; it resumes when the store is \
+             opened with the new key",
+          ));
+        }
+        let rows = self.reads.with(|conn| {
+          records::not_wrapped_under(conn, fingerprint.as_deref(), after, ROTATION_BATCH)
+        })?;
+        let Some(&(last, _, _)) = rows.last() else {
+          break;
+        };
+        after = last;
+        let records = rows.into_iter().map(|(_, id, meta)| (id, meta)).collect();
+        if let Outcome::Rewrapped { count } =
+          self.records.commit_blocking(Change::Rewrap { records })?
+        {
+          rewrapped += count;
+        }
+      }
+      // Other processes on the store learn the new key from the rotation's record, so it stays
+      // long enough for each to poll it.
+      let settle = (records::KEY_POLL * 8).saturating_sub(started.elapsed());
+      std::thread::sleep(settle);
+      // Records written while the pass ran may still name the old key: another pass takes them.
+      if self.records.commit_blocking(Change::FinishRotation)? == Outcome::Done {
+        return Ok(rewrapped);
+      }
+    }
+  }
+
+  /// Checks every record's file and the database, and lists files no record names; with
+  /// `repair`, removes those. Files of live writers are left out: their records may be about
+  /// to commit. `progress` hears (records checked, records in all). Blocks.
+  fn verify(&self, repair: bool, progress: &dyn Fn(usize, usize)) -> Result<Verification> {
+    let mut report = Verification {
+      database: self.reads.with(records::quick_check)?,
+      ..Verification::default()
+    };
+    // Files are listed before records, so that a file committed in between counts as named.
+    let found = self.root.list_files()?;
+    let listed = match self.reads.with(records::all_files) {
+      Ok(listed) => listed,
+      // Without the records, no file can be checked, and none is an orphan for sure.
+      Err(err) if err.kind() == ErrorKind::DatabaseCorrupt => {
+        if report.database.is_empty() {
+          report.database.push(err.message().to_owned());
+        }
+        return Ok(report);
+      }
+      Err(err) => return Err(err),
+    };
+
+    let total = listed.len();
+    for (done, (id, _)) in listed.iter().enumerate() {
+      match self.find_current(id) {
+        Ok(Current::Gone) => {}
+        Ok(Current::Missing(path)) => report.missing.push((id.as_str().to_owned(), path)),
+        Ok(Current::Open(stored, file, path)) => match self.read_open(&stored, file, &path) {
+          Ok(_) => report.intact += 1,
+          Err(err) if err.kind() == ErrorKind::Integrity => report
+            .damaged
+            .push((id.as_str().to_owned(), err.message().to_owned())),
+          Err(err) => return Err(err),
+        },
+        Err(err) if matches!(err.kind(), ErrorKind::Integrity | ErrorKind::WrongMasterKey) => {
+          report
+            .damaged
+            .push((id.as_str().to_owned(), err.message().to_owned()))
+        }
+        Err(err) => return Err(err),
+      }
+      if done % 64 == 63 || done + 1 == total {
+        progress(done + 1, total);
+      }
+    }
+    report.records = report.intact + report.missing.len() + report.damaged.len();
+
+    let named: HashSet<(ImageId, FileVersion)> =
+      self.reads.with(records::all_files)?.into_iter().collect();
+    let mut liveness = WriterLiveness::new(&self.root);
+    for file in found {
+      if named.contains(&(file.id.clone(), file.version.clone())) {
+        continue;
+      }
+      if let Some(writer) = file.writer() {
+        if liveness.state(writer) == WriterState::Live {
+          continue;
+        }
+      }
+      // A damaged database may have lost the records that name these: keep them then.
+      if repair && report.database.is_empty() && files::remove_if_present(&file.path)? {
+        report.removed += 1;
+      }
+      report.orphans.push(file.path);
+    }
+    Ok(report)
   }
 
   fn decrypt(&self, stored: &StoredRecord, path: &Path, ciphertext: Vec<u8>) -> Result<Vec<u8>> {
-    let (_format_byte, image) = crypto::open(ciphertext, &stored.meta).ok_or_else(|| {
-      Error::new(
-        ErrorKind::Integrity,
-        format!(
-          "The encrypted file of image {} does not decrypt under its record's key: {} was \
-           changed or cut short",
-          stored.id,
-          path.display()
-        ),
-      )
-    })?;
+    let (_format_byte, image) =
+      crypto::open(ciphertext, &stored.meta).ok_or_else(|| self.damaged(stored, path))?;
     Ok(image)
+  }
+
+  fn damaged(&self, stored: &StoredRecord, path: &Path) -> Error {
+    Error::new(
+      ErrorKind::Integrity,
+      format!(
+        "The encrypted file of image {} does not decrypt under its record's key: {} was changed \
+         or cut short",
+        stored.id,
+        path.display()
+      ),
+    )
   }
 
   fn to_record(&self, id: &ImageId, token: i64, meta: &Meta) -> ImageRecord {
@@ -533,7 +756,7 @@ impl Call {
     self
       .store
       .blocking(move |store| {
-        if store.reads.with(|conn| records::get(conn, &id))?.is_some() {
+        if store.stored(&id)?.is_some() {
           return Ok(true);
         }
         Ok(store.root.file(&id, &FileVersion::Legacy).is_file())
@@ -568,6 +791,28 @@ impl Call {
       .await
   }
 
+  /// Re-wraps every image key under `new_key` (`None`: stores them plain) while the store
+  /// serves. Returns how many keys were re-wrapped.
+  pub async fn rotate_master_key(&self, new_key: Option<SecretInput>) -> Result<usize> {
+    let target = new_key
+      .map(|key| key.to_key("newKey", ErrorKind::InvalidArgument))
+      .transpose()?
+      .map(Arc::new);
+    self.store.blocking(move |store| store.rotate(target)).await
+  }
+
+  /// Checks the store; see [`Verification`]. `progress` hears (records checked, records in all).
+  pub async fn verify(
+    &self,
+    repair: bool,
+    progress: impl Fn(usize, usize) + Send + 'static,
+  ) -> Result<Verification> {
+    self
+      .store
+      .blocking(move |store| store.verify(repair, &progress))
+      .await
+  }
+
   /// Gives every file this version wrote 3.x's name (`KEY.pixstore-image`) and clears its
   /// version, so that pixstore 3.x can open the store again. For each file: a second name is
   /// linked (or a copy made) and made durable, the record is committed, and only then the
@@ -575,6 +820,17 @@ impl Call {
   /// can run again. Refuses while another process uses the store. A record whose file is
   /// missing is skipped and reported, and the others go on.
   pub async fn downgrade_to_legacy_names(&self) -> Result<Downgrade> {
+    let state = self
+      .store
+      .blocking(|store| store.reads.with(records::key_state))
+      .await?;
+    if state.current.is_some() || state.rotation.is_some() {
+      return Err(Error::new(
+        ErrorKind::IncompatibleStore,
+        "pixstore 3.x cannot read image keys wrapped by a master key: call \
+         rotateMasterKey(null) first (and let it finish), then run the downgrade again",
+      ));
+    }
     let (versioned, busy) = self
       .store
       .blocking(|store| {
@@ -645,6 +901,47 @@ impl Call {
   }
 }
 
+/// Re-wrapped keys per commit during a rotation.
+const ROTATION_BATCH: usize = 256;
+
+/// A record's file, as found.
+enum Current {
+  /// No record.
+  Gone,
+  /// The record names a file that is not there.
+  Missing(PathBuf),
+  Open(StoredRecord, std::fs::File, PathBuf),
+}
+
+/// What `verifyStore` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verification {
+  /// Records checked (records deleted while the check ran are not counted).
+  pub records: usize,
+  /// Records whose file decrypts under their key.
+  pub intact: usize,
+  /// Records whose file is missing: (id, path).
+  pub missing: Vec<(String, PathBuf)>,
+  /// Records whose file does not decrypt, or whose key cannot be read: (id, why).
+  pub damaged: Vec<(String, String)>,
+  /// Files no record names, left by no live writer.
+  pub orphans: Vec<PathBuf>,
+  /// Orphans removed (`repair`).
+  pub removed: usize,
+  /// What SQLite's quick check reported; empty when the database is sound.
+  pub database: Vec<String>,
+}
+
+impl Verification {
+  /// Whether the store is sound now: every record intact, the database sound, no orphan left.
+  pub fn healthy(&self) -> bool {
+    self.missing.is_empty()
+      && self.damaged.is_empty()
+      && self.database.is_empty()
+      && self.orphans.len() == self.removed
+  }
+}
+
 /// What a downgrade did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Downgrade {
@@ -693,6 +990,10 @@ impl Gate {
   fn enter(&self) -> Result<Pass<'_>> {
     self.hold()?;
     Ok(Pass(self))
+  }
+
+  fn is_closed(&self) -> bool {
+    self.state.lock().expect("gate lock").closed
   }
 
   fn hold(&self) -> Result<()> {
