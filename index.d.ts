@@ -100,7 +100,11 @@ export interface Failure {
 
 export declare function getImageRecord(id: string): ImageRecord | undefined | null | Failure
 
-export declare function imageExists(id: string): Promise<boolean | Failure>
+/**
+ * Whether an image exists. Synchronous: one indexed lookup (the JavaScript layer still answers
+ * with a promise, as 3.x did).
+ */
+export declare function imageExists(id: string): boolean | Failure
 
 /** What decrypts an image: standard base64 with padding. */
 export interface ImageMeta {

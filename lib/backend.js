@@ -60,7 +60,7 @@ function deleteImage(id) {
 }
 
 function imageExists(id) {
-  return guard(async () => settle(await native.imageExists(args.string('imageExists', 'id', id))))
+  return guard(async () => settle(native.imageExists(args.string('imageExists', 'id', id))))
 }
 
 function readImage(id) {

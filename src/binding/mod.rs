@@ -288,9 +288,11 @@ pub fn delete_image(env: &Env, id: String) -> Result<PromiseRaw<'_, Either<bool,
   spawn(env, |call| async move { call?.delete(&id).await })
 }
 
-#[napi(ts_return_type = "Promise<boolean | Failure>")]
-pub fn image_exists(env: &Env, id: String) -> Result<PromiseRaw<'_, Either<bool, Failure>>> {
-  spawn(env, |call| async move { call?.exists(&id).await })
+/// Whether an image exists. Synchronous: one indexed lookup (the JavaScript layer still answers
+/// with a promise, as 3.x did).
+#[napi]
+pub fn image_exists(id: String) -> Either<bool, Failure> {
+  settle(current().and_then(|store| store.exists(&id)))
 }
 
 #[napi(ts_return_type = "Promise<Buffer | null | Failure>")]

@@ -379,6 +379,14 @@ pub fn get(conn: &Connection, id: &ImageId, ring: &Keyring) -> Result<Option<Sto
     .transpose()
 }
 
+/// Whether `id` has a record.
+pub fn exists(conn: &Connection, id: &ImageId) -> Result<bool> {
+  conn
+    .prepare_cached("SELECT 1 FROM image_records WHERE id = ?1")
+    .and_then(|mut stmt| stmt.exists([id.as_str()]))
+    .map_err(|e| Error::database(&format!("look up the record of {id}"), &e))
+}
+
 /// Every record's id and file version, for the orphan sweep and the downgrade.
 pub fn all_files(conn: &Connection) -> Result<Vec<(ImageId, FileVersion)>> {
   let rows = file_rows(
