@@ -44,6 +44,9 @@ const PAYLOADS_IN_FLIGHT: usize = 32;
 /// [`CHUNK`]: 256 MiB. A client that stops reading holds its share until its connection ends,
 /// and requests beyond the budget wait, so memory stays bounded whatever clients do.
 const PAYLOAD_BUDGET: usize = 4096;
+/// Payloads up to this size are built on the connection's own thread, larger ones on a blocking
+/// thread.
+const INLINE_PAYLOAD: usize = 64 * 1024;
 /// A response body is handed to the connection a chunk at a time, so it is only held, not
 /// copied into the connection's buffers, while the client is slow.
 const CHUNK: usize = 64 * 1024;
@@ -351,14 +354,33 @@ impl Routes {
       return internal_error();
     };
     let _building = self.payloads.acquire().await;
+    let units = |len: usize| len.div_ceil(CHUNK).clamp(1, PAYLOAD_BUDGET) as u32;
+
+    // A small payload is built right here: a record lookup and a read of a few kilobytes cost
+    // less than the trip to a blocking thread. A larger file, or one that must wait for the
+    // budget, is read on a blocking thread.
+    let inline = store.payload_within(&id, token, proof.as_deref(), |len| {
+      (len <= INLINE_PAYLOAD)
+        .then(|| {
+          Arc::clone(&self.budget)
+            .try_acquire_many_owned(units(len))
+            .ok()
+        })
+        .flatten()
+    });
+    if let Some((payload, permit)) = inline {
+      return (payload, permit);
+    }
+
     let budget = Arc::clone(&self.budget);
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-      let (payload, permit) = store.payload_within(&id, token, proof.as_deref(), |len| {
-        let units = len.div_ceil(CHUNK).clamp(1, PAYLOAD_BUDGET) as u32;
-        runtime.block_on(budget.acquire_many_owned(units)).ok()
+      let built = store.payload_within(&id, token, proof.as_deref(), |len| {
+        Some(runtime.block_on(budget.acquire_many_owned(units(len))).ok())
       });
-      (payload, permit.flatten())
+      built.map_or_else(internal_error, |(payload, permit)| {
+        (payload, permit.flatten())
+      })
     })
     .await
     .unwrap_or_else(|_| internal_error())

@@ -471,12 +471,11 @@ fn keyring_for(
   };
   let mut adopted = None;
   if let (Some(key), None, None) = (configured, &state.current, &state.rotation) {
-    let records: i64 = match conn.query_row("SELECT count(*) FROM image_records", [], |row| {
-      row.get(0)
-    }) {
-      Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => 0,
-      other => other?,
-    };
+    let records: i64 =
+      match conn.query_row("SELECT count(*) FROM image_records", [], |row| row.get(0)) {
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => 0,
+        other => other?,
+      };
     if records > 0 {
       return Err(Error::new(
         ErrorKind::WrongMasterKey,

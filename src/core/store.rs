@@ -67,6 +67,14 @@ pub struct Store {
   intact: Mutex<HashMap<PathBuf, FileStamp>>,
 }
 
+/// What became of a request's payload.
+enum Built<G> {
+  Payload(Vec<u8>, G),
+  NoRecord,
+  /// The caller's `reserve` declined the file's size.
+  Declined,
+}
+
 /// Files the endpoint remembers as intact; past this many it starts over.
 const INTACT_REMEMBERED: usize = 65_536;
 
@@ -233,19 +241,24 @@ impl Store {
   /// The wire payload for a request. The checks run in 3.x's order: id present, proof present,
   /// proof valid, record exists, token equal. Blocks on file and database reads.
   pub fn payload(&self, id: &str, client_token: Option<i64>, proof: Option<&str>) -> Vec<u8> {
-    self.payload_within(id, client_token, proof, |_| ()).0
+    let built = self.payload_within(id, client_token, proof, |_| Some(()));
+    built
+      .expect("a payload that reserves nothing is never declined")
+      .0
   }
 
   /// `payload`, calling `reserve` with the size of an image's file before reading it, so that
-  /// a server can wait for memory; what `reserve` returns comes back with the payload.
+  /// a server can wait for memory; what `reserve` returns comes back with the payload. When
+  /// `reserve` returns `None`, nothing is read and the result is `None`: the server may build
+  /// the payload elsewhere.
   pub fn payload_within<G>(
     &self,
     id: &str,
     client_token: Option<i64>,
     proof: Option<&str>,
-    reserve: impl FnOnce(usize) -> G,
-  ) -> (Vec<u8>, Option<G>) {
-    let bare = |state| (wire::bare(state), None);
+    reserve: impl FnOnce(usize) -> Option<G>,
+  ) -> Option<(Vec<u8>, Option<G>)> {
+    let bare = |state| Some((wire::bare(state), None));
     if id.is_empty() {
       return bare(WireState::MissingId);
     }
@@ -262,8 +275,9 @@ impl Store {
       return bare(WireState::InternalError);
     };
     match self.payload_of(&id, client_token, reserve) {
-      Ok(Some((payload, guard))) => (payload, Some(guard)),
-      Ok(None) => bare(WireState::NotFound),
+      Ok(Built::Payload(payload, guard)) => Some((payload, Some(guard))),
+      Ok(Built::NoRecord) => bare(WireState::NotFound),
+      Ok(Built::Declined) => None,
       Err(_) => bare(WireState::InternalError),
     }
   }
@@ -272,18 +286,20 @@ impl Store {
     &self,
     id: &ImageId,
     client_token: Option<i64>,
-    reserve: impl FnOnce(usize) -> G,
-  ) -> Result<Option<(Vec<u8>, G)>> {
+    reserve: impl FnOnce(usize) -> Option<G>,
+  ) -> Result<Built<G>> {
     use std::io::Read;
 
     let Some((stored, mut file, path)) = self.open_current(id)? else {
-      return Ok(None);
+      return Ok(Built::NoRecord);
     };
     let metadata = file
       .metadata()
       .map_err(|e| Error::storage("read the encrypted file", &path, &e))?;
     let len = metadata.len() as usize;
-    let guard = reserve(wire::UPDATED_HEADER_LEN + len);
+    let Some(guard) = reserve(wire::UPDATED_HEADER_LEN + len) else {
+      return Ok(Built::Declined);
+    };
     let current = client_token == Some(stored.token);
     let mut payload = wire::header(current, stored.token as u64, &stored.meta, len);
     let header_len = payload.len();
@@ -304,7 +320,7 @@ impl Store {
       }
       intact.insert(path, stamp);
     }
-    Ok(Some((payload, guard)))
+    Ok(Built::Payload(payload, guard))
   }
 
   /// The record of `id` with its file, opened; `None` when there is no record. A concurrent
@@ -684,8 +700,8 @@ impl Store {
       yield_to_javascript();
       work(&store)
     })
-      .await
-      .map_err(|e| Error::new(ErrorKind::Storage, format!("A store task failed: {e}")))?
+    .await
+    .map_err(|e| Error::new(ErrorKind::Storage, format!("A store task failed: {e}")))?
   }
 }
 
