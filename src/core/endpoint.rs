@@ -278,7 +278,7 @@ async fn serve(
 
 /// Decodes a percent-encoded id as `decodeURIComponent` would: `None` for a `%` without two hex
 /// digits after it, or for bytes that are not UTF-8.
-fn decode_id(encoded: &str) -> Option<String> {
+pub fn decode_id(encoded: &str) -> Option<String> {
   let bytes = encoded.as_bytes();
   let escapes_complete = bytes.iter().enumerate().all(|(i, &b)| {
     b != b'%' || (bytes.len() > i + 2 && bytes[i + 1..i + 3].iter().all(u8::is_ascii_hexdigit))

@@ -26,7 +26,8 @@ pub enum Window {
 impl Window {
   fn number(self, now_ms: u64) -> Option<u64> {
     match self {
-      Window::Millis(len) => Some(now_ms / len),
+      // The configuration never gives 0; a window of 0 ms counts as 1 rather than dividing by 0.
+      Window::Millis(len) => Some(now_ms / len.max(1)),
       Window::Never => None,
     }
   }
