@@ -206,6 +206,37 @@ test("a plain store is not wrapped behind the caller's back: rotateMasterKey wra
   for (const record of records) expect(getImageRecord(record.id).meta).toEqual(record.meta)
 })
 
+test('rotation leaves no plain key in the database file, and a second rotation at once is refused', async () => {
+  const { config } = freshStore()
+  initPixstoreBackend(config)
+  const records = []
+  for (let i = 0; i < 50; i++) records.push(await saveImage(asset('1-pixel.png')))
+
+  const first = rotateMasterKey(KEY_A)
+  const second = await rotateMasterKey(KEY_B).catch((err) => err)
+  expect(second).toBeInstanceOf(PixstoreError)
+  expect([second.code, second.message]).toEqual([
+    'INVALID_ARGUMENT',
+    'A master key rotation is already running in this process: wait for it to finish',
+  ])
+  await expect(first).resolves.toEqual({ rewrapped: 50 })
+  await closePixstoreBackend()
+
+  // Freed space is zeroed (secure_delete): the plain keys the rotation replaced are gone.
+  const keys = records.map((r) => Buffer.from(r.meta.key, 'base64'))
+  expect(holdsAny(config.databasePath, keys)).toBe(false)
+
+  // masterKey: null opens without a key even when the environment holds one; here that is
+  // refused, since the store is now wrapped.
+  const configPath = path.join(path.dirname(config.databasePath), 'child-config.json')
+  fs.writeFileSync(configPath, JSON.stringify({ ...config, masterKey: null }))
+  const child = spawnSync(process.execPath, [CHILD, 'open', configPath], {
+    encoding: 'utf8',
+    env: { ...process.env, PIXSTORE_MASTER_KEY: KEY_A.toString('base64') },
+  })
+  expect(JSON.parse(child.stdout).error).toBe('MASTER_KEY_REQUIRED')
+})
+
 test('rotation re-wraps every key while reads and writes go on, and the old key stops opening the store', async () => {
   const { config } = freshStore({ masterKey: KEY_A })
   initPixstoreBackend(config)

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 'use strict'
 
-// The `pixstore` command line: maintenance of a store while no app uses it.
+// The `pixstore` command line: checking a store (beside a live app) and going back to 3.x (with no
+// app using the store).
 
 const { parseArgs } = require('node:util')
 

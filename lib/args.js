@@ -75,7 +75,7 @@ const CONFIG_KEYS = {
   defaultEndpointListenPort: 'a number',
   accessControlAllowOrigin: 'a string',
   errorHandlingMode: 'a string',
-  masterKey: 'a Buffer or Uint8Array of 32 bytes, or a string of their base64',
+  masterKey: 'a Buffer or Uint8Array of 32 bytes, a string of their base64, or null',
   databaseBusyTimeout: 'a number',
 }
 
@@ -117,6 +117,11 @@ function backendConfig(config) {
       continue
     }
     if (value === undefined) continue
+    // No master key, even when PIXSTORE_MASTER_KEY is set: the native side reads '' so.
+    if (key === 'masterKey' && value === null) {
+      checked[key] = ''
+      continue
+    }
     if (!hasType(key, value)) throw fail(fn, `config.${key}`, CONFIG_KEYS[key], value)
     checked[key] = key === 'masterKey' ? masterKey(fn, 'config.masterKey', value) : value
   }

@@ -113,7 +113,23 @@ function verifyStore(options = {}) {
         `${fn}: options.onProgress must be a function, received ${args.describe(onProgress)}`,
       )
     }
-    return settle(await native.verifyStore(repair, onProgress))
+    // A callback that throws must not become an uncaught exception: the call fails with it.
+    let thrown
+    const report = settle(
+      await native.verifyStore(
+        repair,
+        onProgress &&
+          ((progress) => {
+            try {
+              onProgress(progress)
+            } catch (err) {
+              thrown ??= { err }
+            }
+          }),
+      ),
+    )
+    if (thrown) throw thrown.err
+    return report
   })
 }
 

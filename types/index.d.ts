@@ -51,10 +51,11 @@ export type PixstoreBackendConfig = Omit<
   'imageFormats' | 'errorHandlingMode' | 'masterKey'
 > & {
   /**
-   * 32 bytes, or their base64, that wrap every image key before it reaches SQLite. Default: the
-   * `PIXSTORE_MASTER_KEY` environment variable (base64), if set.
+   * 32 bytes, or their base64, that wrap every image key before it reaches SQLite; `null` for
+   * none, whatever the environment says. Default: the `PIXSTORE_MASTER_KEY` environment
+   * variable (base64), if set.
    */
-  masterKey?: Buffer | Uint8Array | string
+  masterKey?: Buffer | Uint8Array | string | null
   /**
    * Allowed formats, recognised from content. The order fixes each format's byte in the
    * encrypted file: 1 + its index. Default `['png', 'webp', 'jpg', 'jpeg']`.

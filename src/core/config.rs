@@ -205,6 +205,8 @@ impl Config {
       })?;
 
     let master_key = match input.master_key {
+      // `masterKey: null` (an empty string here): no master key, whatever the environment says.
+      Some(SecretInput::Base64(text)) if text.is_empty() => None,
       Some(secret) => Some(secret.to_key("masterKey", ErrorKind::InvalidConfig)?),
       None => match std::env::var(MASTER_KEY_ENV) {
         Ok(text) if !text.is_empty() => Some(MasterKey::from_base64(

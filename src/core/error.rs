@@ -117,8 +117,13 @@ impl Error {
   }
 
   pub(crate) fn storage(action: &str, path: &std::path::Path, source: &std::io::Error) -> Self {
+    // A file the store cannot read for its permissions is no sign of a read-only root.
+    let kind = match storage_kind(source) {
+      ErrorKind::StorageReadOnly if action.starts_with("read") => ErrorKind::Storage,
+      kind => kind,
+    };
     Error::new(
-      storage_kind(source),
+      kind,
       format!("Could not {action} {}: {source}", path.display()),
     )
   }
@@ -151,7 +156,8 @@ impl Error {
         ": the database file is damaged; restore it from a backup",
       ),
       Some(rusqlite::ErrorCode::DiskFull) => (ErrorKind::StorageFull, ": the disk is full"),
-      Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => (
+      // CANTOPEN says nothing of why: the errno behind it decides (see `caused_by_os_error`).
+      Some(rusqlite::ErrorCode::ReadOnly) => (
         ErrorKind::StorageReadOnly,
         ": the database or its folder cannot be written",
       ),

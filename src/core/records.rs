@@ -148,6 +148,11 @@ pub fn open_store(
   conn
     .pragma_update(None, "synchronous", "FULL")
     .map_err(setup)?;
+  // Freed space is zeroed, so that a key a rotation re-wrapped (or a deleted record's key) does
+  // not linger in the file's free pages.
+  conn
+    .pragma_update(None, "secure_delete", "ON")
+    .map_err(setup)?;
 
   let tx = conn
     .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -548,7 +548,14 @@ impl Store {
   /// own commit, while the store serves. Blocks. When the store closes midway it stops; the
   /// rotation is recorded in the database and resumes at the next start with the new key.
   fn rotate(&self, target: Option<Arc<MasterKey>>) -> Result<usize> {
-    let _one = self.rotating.lock().expect("rotation lock");
+    // A second rotation in this process is refused, not queued: its caller would deploy a key
+    // the first one then replaces.
+    let Ok(_one) = self.rotating.try_lock() else {
+      return Err(Error::new(
+        ErrorKind::InvalidArgument,
+        "A master key rotation is already running in this process: wait for it to finish",
+      ));
+    };
     let started = std::time::Instant::now();
     self.records.commit_blocking(Change::StartRotation {
       target: target.clone(),
@@ -563,7 +570,8 @@ impl Store {
           return Err(Error::new(
             ErrorKind::NotInitialized,
             "Pixstore was closed during the master key rotation; it resumes when the store is \
-             opened with the new key",
+             opened with the new key (or, for a rotation to no key, when rotateMasterKey(null) \
+             is called again)",
           ));
         }
         let rows = self.reads.with(|conn| {
@@ -625,7 +633,13 @@ impl Store {
             .push((id.as_str().to_owned(), err.message().to_owned())),
           Err(err) => return Err(err),
         },
-        Err(err) if matches!(err.kind(), ErrorKind::Integrity | ErrorKind::WrongMasterKey) => {
+        // A damaged page of the records' index fails the lookup of the records on it.
+        Err(err)
+          if matches!(
+            err.kind(),
+            ErrorKind::Integrity | ErrorKind::WrongMasterKey | ErrorKind::DatabaseCorrupt
+          ) =>
+        {
           report
             .damaged
             .push((id.as_str().to_owned(), err.message().to_owned()))
