@@ -465,12 +465,10 @@ impl Store {
     image: impl AsRef<[u8]> + Send + 'static,
     replace: bool,
   ) -> Result<ImageRecord> {
-    if replace {
-      let probe = id.clone();
-      let found = self.blocking(move |store| store.stored(&probe)).await?;
-      if found.is_none() {
-        return Err(Error::not_found(id.as_str()));
-      }
+    // An update of a missing id fails before any file is written. One indexed lookup, right
+    // here: cheaper than a trip to a blocking thread. (The commit checks again.)
+    if replace && !self.reads.with(|conn| records::exists(conn, &id))? {
+      return Err(Error::not_found(id.as_str()));
     }
 
     let version = self.writer.next_version();
