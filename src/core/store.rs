@@ -465,9 +465,10 @@ impl Store {
     image: impl AsRef<[u8]> + Send + 'static,
     replace: bool,
   ) -> Result<ImageRecord> {
-    // An update of a missing id fails before any file is written. One indexed lookup, right
-    // here: cheaper than a trip to a blocking thread. (The commit checks again.)
-    if replace && !self.reads.with(|conn| records::exists(conn, &id))? {
+    // An update of a missing id fails before any file is written. The record is read, not just
+    // its index entry, so that a damaged page fails here, naming the id. One lookup on the
+    // calling task: cheaper than a trip to a blocking thread. (The commit checks again.)
+    if replace && self.stored(&id)?.is_none() {
       return Err(Error::not_found(id.as_str()));
     }
 
