@@ -130,29 +130,32 @@ impl Meta {
 
 /// Encrypts the format byte and `image` under a fresh key and IV.
 pub fn seal(format_byte: u8, image: &[u8]) -> (Vec<u8>, Meta) {
+  let mut buffer = Vec::with_capacity(image.len() + 1);
+  buffer.push(format_byte);
+  buffer.extend_from_slice(image);
+  let meta = seal_in_place(&mut buffer);
+  (buffer, meta)
+}
+
+/// Encrypts `plaintext` (the format byte and the image) in place under a fresh key and IV, for a
+/// caller that has laid it out where the file is written from.
+pub fn seal_in_place(plaintext: &mut [u8]) -> Meta {
   let mut key = [0u8; KEY_LEN];
   let mut iv = [0u8; IV_LEN];
   let mut rng = rand::rng();
   rng.fill_bytes(&mut key);
   rng.fill_bytes(&mut iv);
 
-  let mut buffer = Vec::with_capacity(image.len() + 1);
-  buffer.push(format_byte);
-  buffer.extend_from_slice(image);
-
   let cipher = Aes256Gcm::new(&key.into());
   let tag = cipher
-    .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut buffer)
+    .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", plaintext)
     .expect("AES-GCM encrypts any buffer shorter than 64 GiB");
 
-  (
-    buffer,
-    Meta {
-      key,
-      iv,
-      tag: tag.into(),
-    },
-  )
+  Meta {
+    key,
+    iv,
+    tag: tag.into(),
+  }
 }
 
 /// Decrypts a file's ciphertext in place and splits off the format byte. `None` when the tag

@@ -5,6 +5,7 @@
 //! dimensions, so a bare signature or a cut-off header is not taken for an image.
 
 use imagesize::{Compression, ImageType};
+use memchr::memmem;
 
 use super::error::{quote, Error, ErrorKind, Result};
 
@@ -155,7 +156,7 @@ fn has_end(format: Format, image: &[u8]) -> bool {
   match format {
     Format::Jpeg => jpeg_reaches_end(image),
     // The IEND chunk: zero length, then its type. Data after it is allowed, as decoders do.
-    Format::Png => image.windows(8).any(|w| w == b"\0\0\0\0IEND"),
+    Format::Png => memmem::rfind(image, b"\0\0\0\0IEND").is_some(),
     _ => true,
   }
 }
@@ -171,7 +172,8 @@ fn jpeg_reaches_end(image: &[u8]) -> bool {
     }
     match image[at + 1] {
       0xff => at += 1,
-      0xda => return image[at..].windows(2).any(|w| w == [0xff, 0xd9]),
+      // Searched from the back, where the marker of a whole file stands.
+      0xda => return memmem::rfind(&image[at..], &[0xff, 0xd9]).is_some(),
       0x01 | 0xd0..=0xd7 => at += 2,
       _ => at += 2 + u16::from_be_bytes([image[at + 2], image[at + 3]]) as usize,
     }

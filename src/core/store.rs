@@ -16,7 +16,7 @@ use super::config::{Config, SecretInput};
 use super::crypto::{self, Meta};
 use super::endpoint::Endpoint;
 use super::error::{quote, Error, ErrorKind, Result};
-use super::files::{self, FileVersion, ImageRoot, Writer, WriterLiveness, WriterState};
+use super::files::{self, FileVersion, ImageRoot, Staged, Writer, WriterLiveness, WriterState};
 use super::ids::{now_ms, ImageId};
 use super::keys::{MasterKey, SharedKeyring};
 use super::proofs::ProofKey;
@@ -482,9 +482,10 @@ impl Store {
     let (meta, path) = self
       .blocking(move |store| {
         let format_byte = store.config.image_formats.format_byte(image.as_ref())?;
-        let (ciphertext, meta) = crypto::seal(format_byte, image.as_ref());
+        let mut file = Staged::concat(&[&[format_byte], image.as_ref()]);
         drop(image);
-        let path = store.root.write_new(&file_id, &file_version, &ciphertext)?;
+        let meta = crypto::seal_in_place(file.as_mut());
+        let path = store.root.write_new(&file_id, &file_version, &file)?;
         Ok((meta, path))
       })
       .await?;
