@@ -859,4 +859,66 @@ describe('an image file vanishes or changes under its record', () => {
     expectSameBytes(await readImage(d.id), d.bytes)
     await closePixstoreBackend()
   })
+
+  test('verify: a file that cannot be read is listed with its error and the check goes on; a healthy store exits 0, no database exits 2', async () => {
+    const { config } = newStore()
+    const root = config.imageRootDir
+    const images = await seed(config, [
+      ['1-pixel.png', undefined],
+      ['thumb-64.jpg', 'keep'],
+      ['vilnius-800.webp', undefined],
+    ])
+    const healthy = {
+      healthy: true,
+      records: 3,
+      intact: 3,
+      missing: [],
+      damaged: [],
+      orphans: [],
+      removed: 0,
+      databaseProblems: [],
+    }
+    initPixstoreBackend(config)
+    expect(await verifyStore()).toEqual(healthy)
+    await closePixstoreBackend()
+    const lines = (...body) => [...body, ''].join('\n')
+    expect(await cliVerify(config)).toEqual({
+      code: 0,
+      stdout: lines('Checked 3 image(s) in N s: 3 intact.', 'The store is healthy.'),
+      stderr: 'checked 3/3 image(s)\n',
+    })
+
+    // A folder where the first image's file should be: opening it works, reading it fails.
+    const blocked = encryptedFileOf(root, images[0].id)
+    fs.rmSync(blocked)
+    fs.mkdirSync(blocked)
+    const reason = `Could not read the encrypted file ${blocked}: Is a directory (os error 21)`
+    initPixstoreBackend(config)
+    expect(await verifyStore()).toEqual({
+      ...healthy,
+      healthy: false,
+      intact: 2,
+      damaged: [{ id: images[0].id, reason }],
+    })
+    expectSameBytes(await readImage(images[1].id), images[1].bytes)
+    await closePixstoreBackend()
+    expect(await cliVerify(config)).toEqual({
+      code: 1,
+      stdout: lines(
+        'Checked 3 image(s) in N s: 2 intact.',
+        `  damaged       ${images[0].id}  ${reason}`,
+        'The store has problems (listed above).',
+      ),
+      stderr: 'checked 3/3 image(s)\n',
+    })
+
+    const none = { ...config, databasePath: path.join(path.dirname(root), 'none.sqlite') }
+    const cannotRun = await cliVerify(none)
+    expect([cannotRun.code, cannotRun.stdout]).toEqual([2, ''])
+    expect(cannotRun.stderr).toBe(
+      `pixstore: no database at "${none.databasePath}": pass the databasePath your app uses ` +
+        'with --database (and its imageRootDir with --images)\n',
+    )
+    expect(fs.existsSync(none.databasePath)).toBe(false)
+  })
 })

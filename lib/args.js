@@ -49,8 +49,12 @@ function bytes(fn, name, value) {
   throw fail(fn, name, 'a Buffer or Uint8Array', value)
 }
 
-/** A master key: bytes as a Buffer, or a string of their base64, handed on as it is. */
+/**
+ * A master key: bytes as a Buffer, or a string of their base64, handed on as it is. An empty
+ * string (an unset variable read as `?? ''`) is refused rather than taken for "no key".
+ */
 function masterKey(fn, name, value) {
+  if (value === '') throw fail(fn, name, CONFIG_KEYS.masterKey, value)
   if (typeof value === 'string') return value
   return bytes(fn, name, value)
 }

@@ -88,11 +88,23 @@ impl Meta {
     let key: [u8; KEY_LEN] = if value.get("wrappedKey").is_some() {
       let fingerprint = text_field("masterKey")?;
       let master = ring.key(fingerprint).ok_or_else(|| {
+        // A process given no key at all is told to give one; one with other keys, which it has.
+        let (kind, given) = if ring.known().is_empty() {
+          (
+            ErrorKind::MasterKeyRequired,
+            "no master key was given to this process",
+          )
+        } else {
+          (
+            ErrorKind::WrongMasterKey,
+            "this process was not given that key",
+          )
+        };
         Error::new(
-          ErrorKind::WrongMasterKey,
+          kind,
           format!(
-            "The key of image {id} is wrapped by a master key this process was not given \
-             (fingerprint {})",
+            "The key of image {id} is wrapped by the master key of fingerprint {}, and {given}: \
+             restart it with the store's current key",
             super::error::quote(fingerprint)
           ),
         )
@@ -225,6 +237,45 @@ mod tests {
     let (mut ciphertext, meta) = seal(3, b"jpeg bytes");
     ciphertext[4] ^= 1;
     assert_eq!(open(ciphertext, &meta), None);
+  }
+
+  #[test]
+  fn a_wrapped_key_read_without_its_master_key_names_what_is_missing() {
+    use super::super::keys::{KeyState, MasterKey};
+    use std::sync::Arc;
+
+    let key = |byte: u8| {
+      Arc::new(MasterKey::from_bytes(&[byte; 32], "test key", ErrorKind::InvalidConfig).unwrap())
+    };
+    let ring_of = |master: &Arc<MasterKey>| {
+      let state = KeyState {
+        current: Some(master.fingerprint().into()),
+        ..KeyState::default()
+      };
+      Keyring::resolve(&state, &[Arc::clone(master)]).unwrap()
+    };
+    let (a, b) = (key(1), key(2));
+    let (_, meta) = seal(1, b"x");
+    let column = meta.to_column("img", &ring_of(&a));
+
+    assert_eq!(
+      Meta::from_column(&column, "img", &ring_of(&a)).unwrap(),
+      meta
+    );
+    let none = Meta::from_column(&column, "img", &Keyring::default()).unwrap_err();
+    assert_eq!(none.kind(), ErrorKind::MasterKeyRequired);
+    assert!(
+      none.message().contains("no master key was given"),
+      "{}",
+      none.message()
+    );
+    let other = Meta::from_column(&column, "img", &ring_of(&b)).unwrap_err();
+    assert_eq!(other.kind(), ErrorKind::WrongMasterKey);
+    assert!(
+      other.message().contains(a.fingerprint()),
+      "{}",
+      other.message()
+    );
   }
 
   #[test]

@@ -621,30 +621,39 @@ impl Store {
       Err(err) => return Err(err),
     };
 
+    // What concerns one record or its file is reported with it, and the check goes on: a
+    // damaged meta column, a key it cannot unwrap, a damaged page of the records' index, a file
+    // that does not decrypt or cannot be read.
+    let of_one_record = |err: &Error| {
+      matches!(
+        err.kind(),
+        ErrorKind::Integrity
+          | ErrorKind::WrongMasterKey
+          | ErrorKind::MasterKeyRequired
+          | ErrorKind::DatabaseCorrupt
+          | ErrorKind::Storage
+          | ErrorKind::StorageReadOnly
+      )
+    };
     let total = listed.len();
     for (done, (id, _)) in listed.iter().enumerate() {
-      match self.find_current(id) {
-        Ok(Current::Gone) => {}
-        Ok(Current::Missing(path)) => report.missing.push((id.as_str().to_owned(), path)),
-        Ok(Current::Open(stored, file, path)) => match self.read_open(&stored, file, &path) {
-          Ok(_) => report.intact += 1,
-          Err(err) if err.kind() == ErrorKind::Integrity => report
-            .damaged
-            .push((id.as_str().to_owned(), err.message().to_owned())),
-          Err(err) => return Err(err),
-        },
-        // A damaged page of the records' index fails the lookup of the records on it.
-        Err(err)
-          if matches!(
-            err.kind(),
-            ErrorKind::Integrity | ErrorKind::WrongMasterKey | ErrorKind::DatabaseCorrupt
-          ) =>
-        {
-          report
-            .damaged
-            .push((id.as_str().to_owned(), err.message().to_owned()))
+      let read = match self.find_current(id) {
+        // Deleted since the listing.
+        Ok(Current::Gone) => Ok(()),
+        Ok(Current::Missing(path)) => {
+          report.missing.push((id.as_str().to_owned(), path));
+          Ok(())
         }
-        Err(err) => return Err(err),
+        Ok(Current::Open(stored, file, path)) => self
+          .read_open(&stored, file, &path)
+          .map(|_| report.intact += 1),
+        Err(err) => Err(err),
+      };
+      match read {
+        Err(err) if of_one_record(&err) => report
+          .damaged
+          .push((id.as_str().to_owned(), err.message().to_owned())),
+        other => other?,
       }
       if done % 64 == 63 || done + 1 == total {
         progress(done + 1, total);
@@ -652,23 +661,27 @@ impl Store {
     }
     report.records = report.intact + report.missing.len() + report.damaged.len();
 
+    // Liveness is settled before the records are read again, as in the sweep: a writer that
+    // commits a file and closes in between then counts as live, not its file as an orphan.
+    let mut liveness = WriterLiveness::new(&self.root);
+    let live: HashSet<&str> = found
+      .iter()
+      .filter_map(|file| file.writer())
+      .filter(|writer| liveness.state(writer) == WriterState::Live)
+      .collect();
     let named: HashSet<(ImageId, FileVersion)> =
       self.reads.with(records::all_files)?.into_iter().collect();
-    let mut liveness = WriterLiveness::new(&self.root);
-    for file in found {
-      if named.contains(&(file.id.clone(), file.version.clone())) {
+    for file in &found {
+      if named.contains(&(file.id.clone(), file.version.clone()))
+        || file.writer().is_some_and(|writer| live.contains(writer))
+      {
         continue;
-      }
-      if let Some(writer) = file.writer() {
-        if liveness.state(writer) == WriterState::Live {
-          continue;
-        }
       }
       // A damaged database may have lost the records that name these: keep them then.
       if repair && report.database.is_empty() && files::remove_if_present(&file.path)? {
         report.removed += 1;
       }
-      report.orphans.push(file.path);
+      report.orphans.push(file.path.clone());
     }
     Ok(report)
   }
