@@ -1,7 +1,7 @@
 // npm run bench: the same workloads on this package and on pixstore 3.2.1, side by side, with
 // the machine's ceilings. Each library runs in its own child process (bench/runner.mjs); the
-// default endpoint is loaded with autocannon from this process. Prints one table, the extra
-// measures and the targets, and writes bench/results/bench-<date>.json.
+// default endpoint is loaded from this process with wrk (autocannon where wrk is missing).
+// Prints one table, the extra measures and the targets, and writes bench/results/<date>.json.
 //
 //   npm run bench [-- --seconds 0.5] [-- --full]   --full adds the 100,000-stored level
 //   npm run bench:upgrade                            the 3.x upgrade timing (bench/upgrade.mjs)
@@ -195,6 +195,46 @@ function ceilingFor(workload, bytes, c) {
   return null
 }
 
+// ---------------------------------------------------------------- HTTP load
+
+const WRK = spawnSync('wrk', ['--version'], { encoding: 'utf8' }).stdout?.startsWith('wrk')
+
+// 64 connections on one URL for `seconds`: wrk where it is installed (written in C, it leaves the
+// bodies alone), else autocannon.
+async function load(url, headers, seconds) {
+  if (!WRK) {
+    const run = await autocannon({ url, headers, connections: 64, duration: seconds })
+    return {
+      tool: 'autocannon',
+      rate: run['2xx'] / (run.duration || seconds),
+      non2xx: run.non2xx,
+      errors: run.errors,
+      latencyP99Ms: run.latency.p99,
+    }
+  }
+  const argv = ['-t1', '-c64', `-d${seconds}s`, '--latency']
+  for (const [name, value] of Object.entries(headers)) argv.push('-H', `${name}: ${value}`)
+  const out = await new Promise((resolve, reject) => {
+    const child = spawn('wrk', [...argv, url], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let text = ''
+    child.stdout.on('data', (chunk) => (text += chunk))
+    child.on('error', reject)
+    child.on('exit', (code) =>
+      code === 0 ? resolve(text) : reject(new Error(`wrk exited ${code}`)),
+    )
+  })
+  const number = (pattern) => Number(pattern.exec(out)?.[1] ?? 0)
+  const p99 = /^\s+99%\s+([\d.]+)(us|ms|s)$/m.exec(out)
+  const sockets = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
+  return {
+    tool: 'wrk',
+    rate: number(/Requests\/sec:\s+([\d.]+)/),
+    non2xx: number(/Non-2xx or 3xx responses: (\d+)/),
+    errors: sockets ? sockets.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0,
+    latencyP99Ms: p99 ? Number(p99[1]) * { us: 0.001, ms: 1, s: 1000 }[p99[2]] : null,
+  }
+}
+
 // ---------------------------------------------------------------- formatting
 
 const mb = (bytes) => `${(bytes / 1e6).toFixed(0)} MB`
@@ -256,7 +296,16 @@ for (const lib of ['ours', 'v3']) {
   )
 }
 
-log(`\nDefault endpoint: autocannon, 64 connections, ${args['endpoint-seconds']} s a cell`)
+log(
+  `\nDefault endpoint: ${WRK ? 'wrk' : 'autocannon'}, 64 connections, ${args['endpoint-seconds']} s a cell`,
+)
+if (!WRK) {
+  log(
+    '  wrk is not installed: autocannon decodes every response body as UTF-8 text, so rows of\n' +
+      '  large images measure the client, not the servers (apt-get install wrk)',
+  )
+}
+results.endpointTool = WRK ? 'wrk' : 'autocannon'
 results.endpoint = []
 for (const lib of ['ours', 'v3']) {
   const port = 40000 + Math.floor(Math.random() * 20000)
@@ -277,24 +326,8 @@ for (const lib of ['ours', 'v3']) {
             const headers = { 'x-pixstore-proof': record.statelessProof, 'x-pixstore-token': token }
             const check = new Uint8Array(await (await fetch(url, { headers })).arrayBuffer())
             if (check[0] !== state) throw new Error(`${lib} ${path} answered state ${check[0]}`)
-            const run = await autocannon({
-              url,
-              headers,
-              connections: 64,
-              duration: Number(args['endpoint-seconds']),
-            })
-            const ok = run['2xx']
-            const cell = {
-              lib,
-              path,
-              image: name,
-              bytes: check.length,
-              rate: ok / (run.duration || Number(args['endpoint-seconds'])),
-              requestsPerSecondMean: run.requests.average,
-              non2xx: run.non2xx,
-              errors: run.errors,
-              latencyP99Ms: run.latency.p99,
-            }
+            const run = await load(url, headers, Number(args['endpoint-seconds']))
+            const cell = { lib, path, image: name, bytes: check.length, ...run }
             results.endpoint.push(cell)
             log(
               `  ${lib.padEnd(4)} ${path.padEnd(8)} ${LABEL[name].padEnd(12)} ${fmt(cell.rate).padStart(9)} req/s`,
