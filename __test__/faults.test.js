@@ -436,6 +436,45 @@ describe('the image root becomes read-only', () => {
     const { [cFile]: _removed, ...kept } = before
     expect(snapshot(root)).toEqual(kept)
   })
+  test('a database file this process may only read: STORAGE_READ_ONLY at init, nothing left beside it', async () => {
+    const { config } = newStore()
+    const [a] = await seed(config, [['vilnius-800.webp', undefined]])
+    const folder = path.dirname(config.databasePath)
+    const beside = () => fs.readdirSync(folder).sort()
+    const files = beside()
+    const database = fs.readFileSync(config.databasePath)
+
+    let opening
+    try {
+      fs.chmodSync(config.databasePath, 0o400)
+      opening = await runChild(config, [{ op: 'init' }], wrapper)
+    } finally {
+      fs.chmodSync(config.databasePath, 0o600)
+    }
+
+    expect([opening.code, opening.stderr]).toEqual([0, ''])
+    expect(opening.steps).toEqual([
+      {
+        type: 'step',
+        op: 'init',
+        ok: false,
+        code: 'STORAGE_READ_ONLY',
+        message:
+          `Could not open the database ${config.databasePath}: this process may read the file ` +
+          'but not write it (check its mode and owner)',
+      },
+    ])
+    // No -wal or -shm was made (a read-only -shm would keep failing the store after the fix).
+    expect(beside()).toEqual(files)
+    expect(fs.readFileSync(config.databasePath).equals(database)).toBe(true)
+
+    // Writable again: the store opens and the image is there.
+    const again = await runChild(config, [{ op: 'init' }, { op: 'read', id: a.id }], wrapper)
+    expect(again.steps.map(({ op, ok, value }) => [op, ok, value])).toEqual([
+      ['init', true, null],
+      ['read', true, sha256(a.bytes)],
+    ])
+  })
 })
 
 describe('the database is locked by another process', () => {

@@ -8,6 +8,7 @@ use super::error::{quote, Error, ErrorKind, Result};
 use super::formats::FormatList;
 use super::keys::MasterKey;
 use super::proofs::Window;
+use zeroize::Zeroize;
 
 /// How public functions report failures. The JavaScript layer applies it; the core only checks
 /// the name.
@@ -67,6 +68,16 @@ pub enum SecretInput {
 impl std::fmt::Debug for SecretInput {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
     f.write_str("SecretInput(..)")
+  }
+}
+
+// Zeroed when dropped, as `MasterKey` is.
+impl Drop for SecretInput {
+  fn drop(&mut self) {
+    match self {
+      SecretInput::Bytes(bytes) => bytes.zeroize(),
+      SecretInput::Base64(text) => text.zeroize(),
+    }
   }
 }
 
@@ -206,7 +217,7 @@ impl Config {
 
     let master_key = match input.master_key {
       // `masterKey: null` (an empty string here): no master key, whatever the environment says.
-      Some(SecretInput::Base64(text)) if text.is_empty() => None,
+      Some(SecretInput::Base64(ref text)) if text.is_empty() => None,
       Some(secret) => Some(secret.to_key("masterKey", ErrorKind::InvalidConfig)?),
       None => match std::env::var(MASTER_KEY_ENV) {
         Ok(text) if !text.is_empty() => Some(MasterKey::from_base64(

@@ -20,6 +20,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+use zeroize::Zeroize;
 
 use super::error::{Error, ErrorKind, Result};
 
@@ -43,10 +44,19 @@ impl std::fmt::Debug for MasterKey {
   }
 }
 
+// The key's bytes do not outlive it in this process's memory (copies the caller made, in a
+// Buffer, a string or the environment, are the caller's).
+impl Drop for MasterKey {
+  fn drop(&mut self) {
+    self.wrapping.zeroize();
+    self.raw.zeroize();
+  }
+}
+
 impl MasterKey {
   /// A master key from its 32 bytes. `source` names where they came from, for the error.
   pub fn from_bytes(bytes: &[u8], source: &str, kind: ErrorKind) -> Result<Self> {
-    let raw: [u8; MASTER_KEY_LEN] = bytes.try_into().map_err(|_| {
+    let mut raw: [u8; MASTER_KEY_LEN] = bytes.try_into().map_err(|_| {
       Error::new(
         kind,
         format!(
@@ -65,16 +75,18 @@ impl MasterKey {
       .iter()
       .map(|b| format!("{b:02x}"))
       .collect();
-    Ok(MasterKey {
+    let key = MasterKey {
       wrapping: derive(b"pixstore image key wrapping"),
       raw,
       fingerprint,
-    })
+    };
+    raw.zeroize();
+    Ok(key)
   }
 
   /// A master key from standard base64 of its 32 bytes, as environment variables hold it.
   pub fn from_base64(text: &str, source: &str, kind: ErrorKind) -> Result<Self> {
-    let bytes = BASE64.decode(text.trim()).map_err(|_| {
+    let mut bytes = BASE64.decode(text.trim()).map_err(|_| {
       Error::new(
         kind,
         format!(
@@ -83,7 +95,9 @@ impl MasterKey {
         ),
       )
     })?;
-    Self::from_bytes(&bytes, source, kind)
+    let key = Self::from_bytes(&bytes, source, kind);
+    bytes.zeroize();
+    key
   }
 
   pub(crate) fn raw(&self) -> &[u8; MASTER_KEY_LEN] {

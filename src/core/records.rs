@@ -121,6 +121,18 @@ pub fn open_store(
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
     busy,
   )?;
+  // SQLite quietly opens a file it may not write as read-only, and its first read would leave a
+  // read-only `-shm` beside the file that keeps failing the store after the file's mode is fixed.
+  if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+    return Err(Error::new(
+      ErrorKind::StorageReadOnly,
+      format!(
+        "Could not open the database {}: this process may read the file but not write it (check \
+         its mode and owner)",
+        path.display()
+      ),
+    ));
+  }
   let handle = SystemErrno::of(&conn);
   let setup = |e: rusqlite::Error| handle.explain(open_error(path, &e));
 
