@@ -164,6 +164,13 @@ export declare function saveImageFromFile(path: string, dir?: string | undefined
  */
 export declare function stopDefaultEndpoint(): Promise<void | Failure>
 
+/** An orphan that could not be removed. */
+export interface UnremovedFile {
+  path: string
+  /** The error, with the path. */
+  reason: string
+}
+
 export declare function updateImage(id: string, image: Buffer, mainThread: boolean): Promise<ImageRecord | Failure>
 
 export declare function updateImageFromFile(id: string, path: string): Promise<ImageRecord | Failure>
@@ -192,6 +199,8 @@ export interface VerifyReport {
   orphans: Array<string>
   /** Orphans removed (with `repair`). */
   removed: number
+  /** Orphans `repair` could not remove: `{ path, reason }`. */
+  notRemoved: Array<UnremovedFile>
   /** What SQLite's quick check reported; empty when the database is sound. */
   databaseProblems: Array<string>
 }

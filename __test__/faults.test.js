@@ -712,6 +712,7 @@ describe('the database file is corrupted', () => {
       damaged: [],
       orphans: [orphan],
       removed: 0,
+      notRemoved: [],
       databaseProblems: [problem],
     })
     await closePixstoreBackend()
@@ -764,6 +765,7 @@ describe('the database file is corrupted', () => {
         damaged: [],
         orphans: [],
         removed: 0,
+        notRemoved: [],
         databaseProblems: [problem],
       },
       cli: 1,
@@ -850,6 +852,7 @@ describe('an image file vanishes or changes under its record', () => {
       damaged: [{ id: c.id, reason: damaged }],
       orphans: [],
       removed: 0,
+      notRemoved: [],
       databaseProblems: [],
     }
     expect(await verifyStore({ onProgress: (step) => progress.push(step) })).toEqual(report)
@@ -915,6 +918,7 @@ describe('an image file vanishes or changes under its record', () => {
       damaged: [],
       orphans: [],
       removed: 0,
+      notRemoved: [],
       databaseProblems: [],
     }
     initPixstoreBackend(config)
@@ -959,5 +963,116 @@ describe('an image file vanishes or changes under its record', () => {
         'with --database (and its imageRootDir with --images)\n',
     )
     expect(fs.existsSync(none.databasePath)).toBe(false)
+  })
+})
+
+describe('records damaged in the database', () => {
+  /** Saves one asset in a child that then dies, so its writer is registered and dead. */
+  async function saveAndDie(config, name) {
+    const { steps, signal } = await runChild(config, [
+      { op: 'init' },
+      { op: 'save', asset: name },
+      { op: 'kill' },
+    ])
+    expect([signal, steps.map(({ op, ok }) => [op, ok])]).toEqual([
+      'SIGKILL',
+      [
+        ['init', true],
+        ['save', true],
+      ],
+    ])
+    return { id: steps[1].value, bytes: asset(name) }
+  }
+
+  test('an unreadable file version or token: listed as damaged, the file kept by the sweep and --repair, deletable beside other deletes', async () => {
+    const { config } = newStore()
+    const root = config.imageRootDir
+    const [b, c, d] = await seed(config, [
+      ['1-pixel.png', undefined],
+      ['thumb-64.jpg', undefined],
+      ['vilnius-800.webp', undefined],
+    ])
+    // `a` was written by a writer that died: the start-up sweep removes what it left unnamed.
+    const a = await saveAndDie(config, 'vilnius.jpg')
+    const aFile = encryptedFileOf(root, a.id)
+    sqlite(
+      config.databasePath,
+      `UPDATE image_records SET file_version = file_version || 'Z' WHERE id = '${a.id}'`,
+    )
+    sqlite(config.databasePath, `UPDATE image_records SET token = 'abc' WHERE id = '${b.id}'`)
+    const before = snapshot(root)
+
+    const versionReason = `The record of image ${a.id} names a file version this store did not write`
+    const tokenReason = `The record of image ${b.id} has a damaged token column: a Text value, not an integer`
+    initPixstoreBackend(config)
+    expect(await verifyStore({ repair: true })).toEqual({
+      healthy: false,
+      records: 4,
+      intact: 2,
+      missing: [],
+      damaged: [
+        { id: a.id, reason: versionReason },
+        { id: b.id, reason: tokenReason },
+      ],
+      orphans: [],
+      removed: 0,
+      notRemoved: [],
+      databaseProblems: [],
+    })
+    expect(snapshot(root)).toEqual(before)
+    expect([
+      thrown(() => getImageRecord(a.id)).code,
+      (await rejection(readImage(b.id))).code,
+    ]).toEqual(['INTEGRITY_ERROR', 'INTEGRITY_ERROR'])
+
+    // Deleted together, so that a commit may hold all three: the damaged records fail neither
+    // the healthy delete nor their own.
+    expect(await Promise.all([deleteImage(a.id), deleteImage(b.id), deleteImage(c.id)])).toEqual([
+      true,
+      true,
+      true,
+    ])
+    expect(recordIds(config.databasePath)).toEqual([d.id])
+    expectSameBytes(await readImage(d.id), d.bytes)
+    // The file of `a`, which no column named any more, is an orphan now, and --repair takes it.
+    expect(await verifyStore({ repair: true })).toMatchObject({
+      healthy: true,
+      records: 1,
+      intact: 1,
+      orphans: [aFile],
+      removed: 1,
+    })
+    await closePixstoreBackend()
+    expect(Object.keys(snapshot(root))).toEqual([path.relative(root, encryptedFileOf(root, d.id))])
+  })
+
+  test('a 3.x name beside a recorded image (a downgrade under way) is no orphan', async () => {
+    const { config } = newStore()
+    const root = config.imageRootDir
+    const [a] = await seed(config, [['thumb-64.jpg', 'keep']])
+    const versioned = encryptedFileOf(root, a.id)
+    const legacy = path.join(root, 'keep', `${keyOf(a.id)}.pixstore-image`)
+    fs.linkSync(versioned, legacy)
+
+    initPixstoreBackend(config)
+    expect(await verifyStore({ repair: true })).toMatchObject({ healthy: true, orphans: [] })
+    await closePixstoreBackend()
+    expect([fs.existsSync(versioned), fs.existsSync(legacy)]).toEqual([true, true])
+  })
+
+  test('a check right after a crash waits for the start-up sweep: no orphan of the dead writer is listed', async () => {
+    const { config } = newStore()
+    const root = config.imageRootDir
+    const a = await saveAndDie(config, 'vilnius.jpg')
+    // A second file of the dead writer that no record names, as an update cut short leaves.
+    const aFile = encryptedFileOf(root, a.id)
+    const left = aFile.replace(/-([0-9a-f]+)\.pixstore-image$/, '-ffff.pixstore-image')
+    fs.copyFileSync(aFile, left)
+
+    initPixstoreBackend(config)
+    expect(await verifyStore()).toMatchObject({ healthy: true, records: 1, intact: 1, orphans: [] })
+    expectSameBytes(await readImage(a.id), a.bytes)
+    await closePixstoreBackend()
+    expect([fs.existsSync(aFile), fs.existsSync(left)]).toEqual([true, false])
   })
 })

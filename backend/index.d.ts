@@ -153,9 +153,10 @@ export declare function rotateMasterKey(
 
 /**
  * Checks the open store: every record's file exists and decrypts, SQLite's quick check passes,
- * and no file is left that no record names (an orphan). With `repair: true`, orphans are
- * removed, unless the database itself is damaged. `onProgress` hears how many records are
- * checked. `healthy` says whether the store is sound afterwards.
+ * and no Pixstore-named file is left that no record names (an orphan). With `repair: true`,
+ * orphans are removed, unless the database itself is damaged; those that cannot be removed are
+ * listed in `notRemoved`. It starts once the start-up sweep is over. `onProgress` hears how many
+ * records are checked. `healthy` says whether the store is sound afterwards.
  *
  * @example
  * const report = await verifyStore({ onProgress: ({ checked, total }) => console.log(checked, total) })

@@ -102,10 +102,12 @@ async function verify({ repair }) {
   for (const { id, reason } of report.damaged) out(`  damaged       ${id}  ${reason}`)
   for (const problem of report.databaseProblems) out(`  database      ${problem}`)
   for (const path of report.orphans) out(`  orphan        ${path}`)
+  for (const { reason } of report.notRemoved) out(`  not removed   ${reason}`)
   if (report.orphans.length > 0) {
-    if (report.removed > 0) out(`Removed ${report.removed} orphan file(s).`)
-    else if (repair) out('Orphans kept: the database is damaged, so they may be images it lost.')
-    else out('Run again with --repair to remove the orphans.')
+    if (!repair) out('Run again with --repair to remove the orphans.')
+    else if (report.databaseProblems.length > 0) {
+      out('Orphans kept: the database is damaged, so they may be images it lost.')
+    } else if (report.removed > 0) out(`Removed ${report.removed} orphan file(s).`)
   }
   out(report.healthy ? 'The store is healthy.' : 'The store has problems (listed above).')
   return report.healthy ? 0 : 1

@@ -102,6 +102,12 @@ function verifyStore(options = {}) {
     if (typeof options !== 'object' || options === null) {
       throw new TypeError(`${fn}: options must be an object, received ${args.describe(options)}`)
     }
+    const unknown = Object.keys(options).find((key) => key !== 'repair' && key !== 'onProgress')
+    if (unknown !== undefined) {
+      throw new TypeError(
+        `${fn}: unknown option ${JSON.stringify(unknown)}: expected repair or onProgress`,
+      )
+    }
     const { repair = false, onProgress } = options
     if (typeof repair !== 'boolean') {
       throw new TypeError(

@@ -373,8 +373,9 @@ pub fn rotate_master_key(
   new_key: Option<Either<Buffer, String>>,
 ) -> Result<PromiseRaw<'_, Either<u32, Failure>>> {
   let new_key = new_key.map(secret);
-  spawn(env, |call| async move {
-    Ok(call?.rotate_master_key(new_key).await? as u32)
+  spawn(env, |call| {
+    let rotation = call.map(|call| call.rotate_master_key(new_key));
+    async move { Ok(rotation?.await? as u32) }
   })
 }
 
@@ -404,8 +405,18 @@ pub struct VerifyReport {
   pub orphans: Vec<String>,
   /// Orphans removed (with `repair`).
   pub removed: u32,
+  /// Orphans `repair` could not remove: `{ path, reason }`.
+  pub not_removed: Vec<UnremovedFile>,
   /// What SQLite's quick check reported; empty when the database is sound.
   pub database_problems: Vec<String>,
+}
+
+/// An orphan that could not be removed.
+#[napi(object)]
+pub struct UnremovedFile {
+  pub path: String,
+  /// The error, with the path.
+  pub reason: String,
 }
 
 /// A record whose file is missing.
@@ -471,6 +482,14 @@ pub fn verify_store<'env>(
         .collect(),
       orphans: report.orphans.into_iter().map(path).collect(),
       removed: report.removed as u32,
+      not_removed: report
+        .unremoved
+        .into_iter()
+        .map(|(p, reason)| UnremovedFile {
+          path: path(p),
+          reason,
+        })
+        .collect(),
       database_problems: report.database,
     })
   })

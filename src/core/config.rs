@@ -56,6 +56,16 @@ pub struct ConfigInput {
   pub database_busy_timeout: Option<f64>,
 }
 
+/// A number as JavaScript prints it, for messages about the values callers gave.
+fn js_number(value: f64) -> String {
+  match value {
+    f64::INFINITY => "Infinity".into(),
+    f64::NEG_INFINITY => "-Infinity".into(),
+    v if v.is_nan() => "NaN".into(),
+    v => v.to_string(),
+  }
+}
+
 /// A master key as a caller gives it.
 #[derive(Clone)]
 pub enum SecretInput {
@@ -158,8 +168,9 @@ impl Config {
       }
       Some(len) => {
         return Err(invalid(format!(
-          "Invalid statelessKeyWindowLength {len}: expected a positive whole number of \
-           milliseconds, or -1 for proofs that never expire"
+          "Invalid statelessKeyWindowLength {}: expected a positive whole number of \
+           milliseconds, or -1 for proofs that never expire",
+          js_number(len)
         )))
       }
     };
@@ -188,7 +199,8 @@ impl Config {
     let port = input.default_endpoint_listen_port.unwrap_or(3001.0);
     if !(1.0..=65535.0).contains(&port) || port.fract() != 0.0 {
       return Err(invalid(format!(
-        "Invalid defaultEndpointListenPort {port}: expected a whole number from 1 to 65535"
+        "Invalid defaultEndpointListenPort {}: expected a whole number from 1 to 65535",
+        js_number(port)
       )));
     }
 
@@ -232,8 +244,9 @@ impl Config {
     let busy = input.database_busy_timeout.unwrap_or(30_000.0);
     if !(0.0..=2_147_483_647.0).contains(&busy) || busy.fract() != 0.0 {
       return Err(invalid(format!(
-        "Invalid databaseBusyTimeout {busy}: expected a whole number of milliseconds from 0 to \
-         2147483647"
+        "Invalid databaseBusyTimeout {}: expected a whole number of milliseconds from 0 to \
+         2147483647",
+        js_number(busy)
       )));
     }
 

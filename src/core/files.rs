@@ -118,11 +118,12 @@ impl ImageRoot {
     }
 
     let path = folder.join(version.file_name(id.key()));
-    let written = match bytes.write_direct(&path) {
-      Direct::Written => Ok(()),
-      Direct::Failed(e) => Err(e),
-      Direct::Unsupported => write_buffered(&path, bytes.as_ref()),
-    };
+    let written = OpenOptions::new()
+      .write(true)
+      .create_new(true)
+      .mode(0o600)
+      .open(&path)
+      .and_then(|file| bytes.write_to(file));
     match written {
       Ok(()) => Ok(path),
       Err(e) => {
@@ -395,13 +396,6 @@ pub struct Staged {
   len: usize,
 }
 
-enum Direct {
-  Written,
-  Failed(io::Error),
-  /// The filesystem or the platform has no direct writes (tmpfs, for one), or the file is small.
-  Unsupported,
-}
-
 impl Staged {
   /// The bytes of `parts` one after another, laid out for a direct write when they are large.
   /// Only the alignment gap and the padding are zeroed: the parts are copied once.
@@ -429,45 +423,68 @@ impl Staged {
     &self.buffer[self.start..self.start + self.len.div_ceil(BLOCK) * BLOCK]
   }
 
-  #[cfg(target_os = "linux")]
-  fn write_direct(&self, path: &Path) -> Direct {
-    if self.len < DIRECT_MIN {
-      return Direct::Unsupported;
+  /// Writes the bytes to `file`, new and empty, and makes them durable: a large file directly
+  /// from this buffer where the filesystem takes direct writes, through the page cache where it
+  /// does not.
+  fn write_to(&self, mut file: File) -> io::Result<()> {
+    if self.len >= DIRECT_MIN && self.write_direct(&file)? {
+      return Ok(());
     }
-    let mut file = match OpenOptions::new()
-      .write(true)
-      .create_new(true)
-      .mode(0o600)
-      .custom_flags(libc::O_DIRECT)
-      .open(path)
-    {
-      Ok(file) => file,
-      Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Direct::Unsupported,
-      Err(e) => return Direct::Failed(e),
+    file.write_all(self.as_ref())?;
+    file.sync_all()
+  }
+
+  /// Writes the blocks with `O_DIRECT`, cuts the padding off and fsyncs: `Ok(false)` when the
+  /// filesystem refuses direct writes (`EINVAL`, as tmpfs on older kernels, ramfs or a stricter
+  /// alignment do), leaving `file` empty and buffered again for the caller to write.
+  #[cfg(target_os = "linux")]
+  fn write_direct(&self, file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+
+    let set_direct = |on: bool| -> io::Result<()> {
+      let fd = file.as_raw_fd();
+      // SAFETY: fcntl on a descriptor this function borrows open; no memory is passed.
+      let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+      let flags = if on {
+        flags | libc::O_DIRECT
+      } else {
+        flags & !libc::O_DIRECT
+      };
+      // SAFETY: as above.
+      if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+      }
+      Ok(())
     };
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+
+    match set_direct(true) {
+      Ok(()) => {}
+      Err(e) if refused(&e) => return Ok(false),
+      Err(e) => return Err(e),
+    }
     // The padding goes to disk with the last block and is cut off again before the fsync that
     // makes the file durable; until a record names the file, nothing reads it.
     let written = file
-      .write_all(self.blocks())
+      .write_all_at(self.blocks(), 0)
       .and_then(|()| file.set_len(self.len as u64))
       .and_then(|()| file.sync_all());
     match written {
-      Ok(()) => Direct::Written,
-      // A filesystem that opens with O_DIRECT but refuses this alignment: start again, buffered.
-      Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-        drop(file);
-        match fs::remove_file(path) {
-          Ok(()) => Direct::Unsupported,
-          Err(e) => Direct::Failed(e),
-        }
+      Ok(()) => Ok(true),
+      // Opened for direct writes but refusing this alignment: start again, buffered.
+      Err(e) if refused(&e) => {
+        set_direct(false)?;
+        file.set_len(0)?;
+        Ok(false)
       }
-      Err(e) => Direct::Failed(e),
+      Err(e) => Err(e),
     }
   }
 
   #[cfg(not(target_os = "linux"))]
-  fn write_direct(&self, _path: &Path) -> Direct {
-    Direct::Unsupported
+  fn write_direct(&self, _file: &File) -> io::Result<bool> {
+    Ok(false)
   }
 }
 
@@ -481,16 +498,6 @@ impl AsMut<[u8]> for Staged {
   fn as_mut(&mut self) -> &mut [u8] {
     &mut self.buffer[self.start..self.start + self.len]
   }
-}
-
-fn write_buffered(path: &Path, bytes: &[u8]) -> io::Result<()> {
-  let mut file = OpenOptions::new()
-    .write(true)
-    .create_new(true)
-    .mode(0o600)
-    .open(path)?;
-  file.write_all(bytes)?;
-  file.sync_all()
 }
 
 /// Makes a folder's entries durable.
@@ -587,6 +594,41 @@ mod tests {
         );
       }
     }
+  }
+
+  #[test]
+  fn a_direct_write_the_filesystem_refuses_is_written_buffered() {
+    // A buffer off its block boundary: ext4 and most disks refuse it with EINVAL at the write,
+    // after the file was created, as a filesystem with stricter alignment would.
+    let len = DIRECT_MIN + 123;
+    let bytes: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+    let aligned = Staged::concat(&[&bytes]);
+    let mut buffer = vec![0u8; aligned.buffer.len() + 1];
+    let start = aligned.start + 1;
+    buffer[start..start + len].copy_from_slice(&bytes);
+    let misaligned = Staged { buffer, start, len };
+    assert_ne!(misaligned.blocks().as_ptr() as usize % BLOCK, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refused");
+    let file = File::create_new(&path).unwrap();
+    if misaligned.write_direct(&file).unwrap() {
+      // A filesystem that takes any alignment (tmpfs ignores O_DIRECT) wrote it whole.
+      assert_eq!(fs::read(&path).unwrap(), bytes);
+    } else {
+      // Nothing of the refused attempt is left for the buffered write, on the same handle.
+      assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+      misaligned.write_to(file).unwrap();
+      assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+
+    let root = ImageRoot::open(dir.path()).unwrap();
+    let writer = Writer::register(&root).unwrap();
+    let id = ImageId::parse("misaligned").unwrap();
+    let written = root
+      .write_new(&id, &writer.next_version(), &misaligned)
+      .unwrap();
+    assert_eq!(fs::read(&written).unwrap(), bytes);
   }
 
   #[test]

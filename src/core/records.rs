@@ -18,11 +18,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rand::RngCore;
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::crypto::Meta;
-use super::error::{Error, ErrorKind, Result};
+use super::error::{quote, Error, ErrorKind, Result};
 use super::files::{self, FileVersion, ImageRoot};
 use super::ids::{now_ms, ImageId};
 use super::keys::{KeyState, Keyring, MasterKey, Rotation, SharedKeyring};
@@ -244,39 +245,79 @@ pub fn registered_writers(conn: &Connection) -> Result<HashSet<String>> {
     .map_err(|e| Error::database("list the writers", &e))
 }
 
-/// Files waiting for removal: (row, id, version).
+/// Files waiting for removal: (row, id, version). Rows whose id or version cannot be read are
+/// left out: no file can be named from them, so none is touched.
 pub fn trash(conn: &Connection) -> Result<Vec<(i64, ImageId, FileVersion)>> {
-  file_rows(
+  let rows = file_rows(
     conn,
     "SELECT rowid, id, file_version FROM pixstore_trash",
     "list the trash",
+  )?;
+  Ok(
+    rows
+      .into_iter()
+      .filter_map(|(row, id, version)| Some((row, id.ok()?, version.ok()?)))
+      .collect(),
   )
 }
 
-/// Rows of (rowid, id, file version) that `sql` selects. Rows whose id or version this version
-/// cannot parse are left out: their files are never touched.
+/// The id column of a row as this version reads it, or its text (or a description) when the id
+/// is not one this version accepts.
+type IdColumn = std::result::Result<ImageId, String>;
+
+/// Rows of (rowid, id, file version) that `sql` selects, each column as far as it can be read:
+/// a damaged row is the caller's to judge, it does not fail the listing.
 fn file_rows(
   conn: &Connection,
   sql: &str,
   action: &str,
-) -> Result<Vec<(i64, ImageId, FileVersion)>> {
-  let rows: Vec<(i64, String, Option<String>)> = conn
+) -> Result<Vec<(i64, IdColumn, Result<FileVersion>)>> {
+  conn
     .prepare(sql)
     .and_then(|mut stmt| {
       stmt
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .query_map([], |row| {
+          let id = match row.get_ref(1)? {
+            ValueRef::Text(text) => {
+              let text = String::from_utf8_lossy(text);
+              ImageId::parse(&text).map_err(|_| text.into_owned())
+            }
+            other => Err(format!("(a {} value)", other.data_type())),
+          };
+          let named = id
+            .as_ref()
+            .map_or_else(|text| text.as_str(), ImageId::as_str);
+          let version = version_column(row.get_ref(2)?, named);
+          Ok((row.get(0)?, id, version))
+        })?
         .collect()
     })
-    .map_err(|e| Error::database(action, &e))?;
-  Ok(
-    rows
-      .into_iter()
-      .filter_map(|(row, id, version)| {
-        let version = FileVersion::from_column(version, &id).ok()?;
-        Some((row, ImageId::parse(&id).ok()?, version))
-      })
-      .collect(),
-  )
+    .map_err(|e| Error::database(action, &e))
+}
+
+/// A `file_version` column, read without trusting its type.
+fn version_column(value: ValueRef<'_>, id: &str) -> Result<FileVersion> {
+  match value {
+    ValueRef::Null => Ok(FileVersion::Legacy),
+    ValueRef::Text(text) => {
+      FileVersion::from_column(Some(String::from_utf8_lossy(text).into_owned()), id)
+    }
+    _ => FileVersion::from_column(Some(String::new()), id),
+  }
+}
+
+/// A `token` column, read without trusting its type.
+fn token_column(value: ValueRef<'_>, id: &str) -> Result<i64> {
+  match value {
+    ValueRef::Integer(token) => Ok(token),
+    other => Err(Error::new(
+      ErrorKind::Integrity,
+      format!(
+        "The record of image {id} has a damaged token column: a {} value, not an integer",
+        other.data_type()
+      ),
+    )),
+  }
 }
 
 /// Creates a missing database file (and its folder) readable by the owner only, since it holds
@@ -371,29 +412,32 @@ fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
     .collect()
 }
 
-/// Reads one record, unwrapping its key with `ring`.
+/// Reads one record, unwrapping its key with `ring`. A column this version cannot read is an
+/// integrity error naming the record.
 pub fn get(conn: &Connection, id: &ImageId, ring: &Keyring) -> Result<Option<StoredRecord>> {
-  let row: Option<(i64, String, Option<String>)> = conn
+  let read = conn
     .prepare_cached("SELECT token, meta, file_version FROM image_records WHERE id = ?1")
     .and_then(|mut stmt| {
       stmt
         .query_row([id.as_str()], |row| {
-          Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+          let named = id.as_str();
+          let meta = match row.get_ref(1)? {
+            ValueRef::Text(text) => Meta::from_column(&String::from_utf8_lossy(text), named, ring),
+            _ => Meta::from_column("", named, ring),
+          };
+          Ok((|| {
+            Ok(StoredRecord {
+              id: id.clone(),
+              token: token_column(row.get_ref(0)?, named)?,
+              meta: meta?,
+              version: version_column(row.get_ref(2)?, named)?,
+            })
+          })())
         })
         .optional()
     })
     .map_err(|e| Error::database(&format!("read the record of {id}"), &e))?;
-
-  row
-    .map(|(token, meta, version)| {
-      Ok(StoredRecord {
-        id: id.clone(),
-        token,
-        meta: Meta::from_column(&meta, id.as_str(), ring)?,
-        version: FileVersion::from_column(version, id.as_str())?,
-      })
-    })
-    .transpose()
+  read.transpose()
 }
 
 /// Whether `id` has a record.
@@ -404,19 +448,60 @@ pub fn exists(conn: &Connection, id: &ImageId) -> Result<bool> {
     .map_err(|e| Error::database(&format!("look up the record of {id}"), &e))
 }
 
-/// Every record's id and file version, for the orphan sweep and the downgrade.
-pub fn all_files(conn: &Connection) -> Result<Vec<(ImageId, FileVersion)>> {
+/// Every record's file, for the orphan sweep, the check and the downgrade.
+#[derive(Debug, Default)]
+pub struct RecordFiles {
+  /// The records whose id and file version can be read, with them.
+  pub named: Vec<(ImageId, FileVersion)>,
+  /// The records whose id or file version cannot be read: the id (or its text), and why.
+  pub unreadable: Vec<(IdColumn, Error)>,
+}
+
+impl RecordFiles {
+  /// Whether some record's id cannot be read: any file may then be one it names.
+  pub fn lost_an_id(&self) -> bool {
+    self.unreadable.iter().any(|(id, _)| id.is_err())
+  }
+
+  /// The ids of every record whose id can be read, its file version or not.
+  pub fn ids(&self) -> HashSet<&ImageId> {
+    let unreadable = self
+      .unreadable
+      .iter()
+      .filter_map(|(id, _)| id.as_ref().ok());
+    self
+      .named
+      .iter()
+      .map(|(id, _)| id)
+      .chain(unreadable)
+      .collect()
+  }
+}
+
+pub fn all_files(conn: &Connection) -> Result<RecordFiles> {
   let rows = file_rows(
     conn,
     "SELECT rowid, id, file_version FROM image_records",
     "list the records",
   )?;
-  Ok(
-    rows
-      .into_iter()
-      .map(|(_, id, version)| (id, version))
-      .collect(),
-  )
+  let mut files = RecordFiles::default();
+  for (row, id, version) in rows {
+    match (id, version) {
+      (Ok(id), Ok(version)) => files.named.push((id, version)),
+      (Ok(id), Err(err)) => files.unreadable.push((Ok(id), err)),
+      (Err(text), _) => {
+        let err = Error::new(
+          ErrorKind::Integrity,
+          format!(
+            "The record in row {row} of image_records has an id this version cannot read: {}",
+            quote(&text)
+          ),
+        );
+        files.unreadable.push((Err(text), err));
+      }
+    }
+  }
+  Ok(files)
 }
 
 /// What `pixstore_meta` says about master keys.
@@ -901,7 +986,17 @@ fn commit_batch(
       }
       Change::Replace { id, meta, version } => match current(&tx, id)? {
         None => (Ok(Outcome::Missing), Vec::new()),
-        Some((previous_token, previous_version)) => {
+        // Damaged since the update read it: this update fails, the batch goes on.
+        Some(Columns {
+          token: Err(err), ..
+        })
+        | Some(Columns {
+          version: Err(err), ..
+        }) => (Err(err), Vec::new()),
+        Some(Columns {
+          token: Ok(previous_token),
+          version: Ok(previous_version),
+        }) => {
           // Later writes always get larger tokens, even within one millisecond.
           let token = now.max(previous_token + 1);
           tx.prepare_cached(
@@ -928,7 +1023,9 @@ fn commit_batch(
             // An older trash row for the 3.x name must not remove the file now named so.
             tx.prepare_cached("DELETE FROM pixstore_trash WHERE id = ?1 AND file_version IS NULL")?
               .execute([id.as_str()])?;
-            let token = current(&tx, id)?.map_or(0, |(token, _)| token);
+            let token = current(&tx, id)?
+              .and_then(|row| row.token.ok())
+              .unwrap_or(0);
             (Ok(Outcome::Written { token }), vec![trash(id, version)?])
           }
           _ => (Ok(Outcome::Missing), Vec::new()),
@@ -936,12 +1033,17 @@ fn commit_batch(
       }
       Change::Delete { id } => match current(&tx, id)? {
         None => (Ok(Outcome::Deleted { existed: false }), Vec::new()),
-        Some((_, previous_version)) => {
+        Some(Columns { version, .. }) => {
           tx.prepare_cached("DELETE FROM image_records WHERE id = ?1")?
             .execute([id.as_str()])?;
-          // A 3.x name may stand beside a versioned file (a downgrade cut short): it goes too.
-          let mut trashed = vec![trash(id, &previous_version)?];
-          if previous_version != FileVersion::Legacy {
+          // A damaged record goes too; the file it named, which no column says now, is left as
+          // an orphan for `verify --repair`. A 3.x name may stand beside a versioned file (a
+          // downgrade cut short): it goes with it.
+          let mut trashed = Vec::new();
+          if let Ok(previous) = &version {
+            trashed.push(trash(id, previous)?);
+          }
+          if version.as_ref().ok() != Some(&FileVersion::Legacy) {
             trashed.push(trash(id, &FileVersion::Legacy)?);
           }
           (Ok(Outcome::Deleted { existed: true }), trashed)
@@ -1077,12 +1179,22 @@ fn rewrap(
 }
 
 /// The token and file version of an id's record, inside a transaction.
-fn current(tx: &rusqlite::Transaction, id: &ImageId) -> Result<Option<(i64, FileVersion)>> {
-  let row: Option<(i64, Option<String>)> = tx
+/// The token and file version of `id`'s record, each as far as its column can be read: a damaged
+/// column fails only the change that needs it. The outer error is SQLite's, and fails the batch.
+fn current(tx: &rusqlite::Transaction, id: &ImageId) -> Result<Option<Columns>> {
+  let row = tx
     .prepare_cached("SELECT token, file_version FROM image_records WHERE id = ?1")?
-    .query_row([id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+    .query_row([id.as_str()], |row| {
+      Ok(Columns {
+        token: token_column(row.get_ref(0)?, id.as_str()),
+        version: version_column(row.get_ref(1)?, id.as_str()),
+      })
+    })
     .optional()?;
-  row
-    .map(|(token, version)| Ok((token, FileVersion::from_column(version, id.as_str())?)))
-    .transpose()
+  Ok(row)
+}
+
+struct Columns {
+  token: Result<i64>,
+  version: Result<FileVersion>,
 }

@@ -7,6 +7,7 @@
 //! removes files no record names.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -56,8 +57,9 @@ pub struct Store {
   reads: ReadPool,
   proof_key: ProofKey,
   keys: Arc<SharedKeyring>,
-  /// One rotation at a time in this process; the database refuses a second target.
-  rotating: Mutex<()>,
+  /// One rotation at a time in this process; the database refuses a second target. Claimed
+  /// when the call is made, so that of two calls the later one is refused.
+  rotating: Arc<tokio::sync::Mutex<()>>,
   gate: Gate,
   /// Bounds how many images are being encrypted and written at once, so that a storm of large
   /// saves holds a few ciphertexts in memory rather than one per call.
@@ -65,6 +67,9 @@ pub struct Store {
   endpoint: Mutex<Option<Endpoint>>,
   /// Files the endpoint found intact, as they were then.
   intact: Mutex<HashMap<PathBuf, FileStamp>>,
+  /// Set once the start-up sweep is over, for a check to wait on (it would otherwise list as
+  /// orphans the files the sweep is removing).
+  swept: (Mutex<bool>, Condvar),
 }
 
 /// What became of a request's payload.
@@ -136,11 +141,12 @@ impl Store {
       records,
       proof_key,
       keys,
-      rotating: Mutex::new(()),
+      rotating: Arc::new(tokio::sync::Mutex::new(())),
       gate: Gate::default(),
       file_work: Semaphore::new((parallel * 2).max(4)),
       endpoint: Mutex::new(None),
       intact: Mutex::new(HashMap::new()),
+      swept: (Mutex::new(false), Condvar::new()),
     });
 
     if store.config.default_endpoint_enabled {
@@ -165,8 +171,12 @@ impl Store {
         // Nobody waits for these results: orphans left now are removed by the next sweep, and
         // a rotation cut short again resumes at the next start.
         let _ = sweeper.sweep();
+        *sweeper.swept.0.lock().expect("sweep lock") = true;
+        sweeper.swept.1.notify_all();
         if let Some(target) = resume {
-          let _ = sweeper.rotate(Some(target));
+          if let Ok(claim) = sweeper.claim_rotation() {
+            let _ = sweeper.rotate(Some(target), claim);
+          }
         }
         sweeper.gate.release();
       });
@@ -396,14 +406,26 @@ impl Store {
       .filter(|writer| liveness.state(writer) == WriterState::Dead)
       .collect();
 
-    let (named, trash) = self.reads.with(|conn| {
-      let named: HashSet<(ImageId, FileVersion)> = records::all_files(conn)?.into_iter().collect();
-      Ok((named, records::trash(conn)?))
-    })?;
+    let (files, trash) = self
+      .reads
+      .with(|conn| Ok((records::all_files(conn)?, records::trash(conn)?)))?;
+    let named: HashSet<(ImageId, FileVersion)> = files.named.iter().cloned().collect();
+    // A record whose file version cannot be read may name any file of its id; one whose id
+    // cannot be read, any file at all.
+    let unreadable: HashSet<&ImageId> = files
+      .unreadable
+      .iter()
+      .filter_map(|(id, _)| id.as_ref().ok())
+      .collect();
+    let lost_an_id = files.lost_an_id();
 
     let mut report = SweepReport::default();
     for file in found {
       if named.contains(&(file.id.clone(), file.version.clone())) {
+        continue;
+      }
+      if lost_an_id || unreadable.contains(&file.id) {
+        report.left_unowned += 1;
         continue;
       }
       match file.writer() {
@@ -544,18 +566,21 @@ impl Store {
     self.decrypt(stored, path, ciphertext)
   }
 
+  /// The right to rotate. A second rotation in this process is refused, not queued: its caller
+  /// would deploy a key the first one then replaces.
+  fn claim_rotation(&self) -> Result<RotationClaim> {
+    Arc::clone(&self.rotating).try_lock_owned().map_err(|_| {
+      Error::new(
+        ErrorKind::InvalidArgument,
+        "A master key rotation is already running in this process: wait for it to finish",
+      )
+    })
+  }
+
   /// Re-wraps every image key under `target` (`None`: stores them plain) in batches, each its
   /// own commit, while the store serves. Blocks. When the store closes midway it stops; the
   /// rotation is recorded in the database and resumes at the next start with the new key.
-  fn rotate(&self, target: Option<Arc<MasterKey>>) -> Result<usize> {
-    // A second rotation in this process is refused, not queued: its caller would deploy a key
-    // the first one then replaces.
-    let Ok(_one) = self.rotating.try_lock() else {
-      return Err(Error::new(
-        ErrorKind::InvalidArgument,
-        "A master key rotation is already running in this process: wait for it to finish",
-      ));
-    };
+  fn rotate(&self, target: Option<Arc<MasterKey>>, _claim: RotationClaim) -> Result<usize> {
     let started = std::time::Instant::now();
     self.records.commit_blocking(Change::StartRotation {
       target: target.clone(),
@@ -603,6 +628,12 @@ impl Store {
   /// `repair`, removes those. Files of live writers are left out: their records may be about
   /// to commit. `progress` hears (records checked, records in all). Blocks.
   fn verify(&self, repair: bool, progress: &dyn Fn(usize, usize)) -> Result<Verification> {
+    let (done, ended) = &self.swept;
+    drop(
+      ended
+        .wait_while(done.lock().expect("sweep lock"), |done| !*done)
+        .expect("sweep lock"),
+    );
     let mut report = Verification {
       database: self.reads.with(records::quick_check)?,
       ..Verification::default()
@@ -635,8 +666,16 @@ impl Store {
           | ErrorKind::StorageReadOnly
       )
     };
-    let total = listed.len();
-    for (done, (id, _)) in listed.iter().enumerate() {
+    for (id, err) in &listed.unreadable {
+      match id {
+        Ok(id) => report
+          .damaged
+          .push((id.as_str().to_owned(), err.message().to_owned())),
+        Err(_) => report.database.push(err.message().to_owned()),
+      }
+    }
+    let total = listed.named.len();
+    for (done, (id, _)) in listed.named.iter().enumerate() {
       let read = match self.find_current(id) {
         // Deleted since the listing.
         Ok(Current::Gone) => Ok(()),
@@ -669,17 +708,38 @@ impl Store {
       .filter_map(|file| file.writer())
       .filter(|writer| liveness.state(writer) == WriterState::Live)
       .collect();
-    let named: HashSet<(ImageId, FileVersion)> =
-      self.reads.with(records::all_files)?.into_iter().collect();
+    let now = self.reads.with(records::all_files)?;
+    let named: HashSet<(ImageId, FileVersion)> = now.named.iter().cloned().collect();
+    let recorded = now.ids();
+    let unreadable: HashSet<&ImageId> = now
+      .unreadable
+      .iter()
+      .filter_map(|(id, _)| id.as_ref().ok())
+      .collect();
     for file in &found {
-      if named.contains(&(file.id.clone(), file.version.clone()))
+      let kept = named.contains(&(file.id.clone(), file.version.clone()))
         || file.writer().is_some_and(|writer| live.contains(writer))
-      {
+        // A record whose file version cannot be read may name any file of its id.
+        || unreadable.contains(&file.id)
+        // A 3.x name beside a recorded image is a downgrade's (under way, or cut short), and its
+        // only copy once the downgrade commits; it is no orphan.
+        || (file.version == FileVersion::Legacy && recorded.contains(&file.id));
+      if kept {
+        continue;
+      }
+      // Removed since the listing (an update or delete of the live app): no orphan either.
+      if !file.path.exists() {
         continue;
       }
       // A damaged database may have lost the records that name these: keep them then.
-      if repair && report.database.is_empty() && files::remove_if_present(&file.path)? {
-        report.removed += 1;
+      if repair && report.database.is_empty() && !now.lost_an_id() {
+        match files::remove_if_present(&file.path) {
+          Ok(true) => report.removed += 1,
+          Ok(false) => continue,
+          Err(err) => report
+            .unremoved
+            .push((file.path.clone(), err.message().to_owned())),
+        }
       }
       report.orphans.push(file.path.clone());
     }
@@ -849,12 +909,25 @@ impl Call {
 
   /// Re-wraps every image key under `new_key` (`None`: stores them plain) while the store
   /// serves. Returns how many keys were re-wrapped.
-  pub async fn rotate_master_key(&self, new_key: Option<SecretInput>) -> Result<usize> {
-    let target = new_key
-      .map(|key| key.to_key("newKey", ErrorKind::InvalidArgument))
-      .transpose()?
-      .map(Arc::new);
-    self.store.blocking(move |store| store.rotate(target)).await
+  ///
+  /// The rotation is claimed now, as the call is made, and the work runs when the returned
+  /// future is polled: of two calls made one after the other, the second is refused.
+  pub fn rotate_master_key(
+    self,
+    new_key: Option<SecretInput>,
+  ) -> impl Future<Output = Result<usize>> + Send + 'static {
+    let claim = self.store.claim_rotation();
+    async move {
+      let claim = claim?;
+      let target = new_key
+        .map(|key| key.to_key("newKey", ErrorKind::InvalidArgument))
+        .transpose()?
+        .map(Arc::new);
+      self
+        .store
+        .blocking(move |store| store.rotate(target, claim))
+        .await
+    }
   }
 
   /// Checks the store; see [`Verification`]. `progress` hears (records checked, records in all).
@@ -912,11 +985,20 @@ impl Call {
     }
 
     // Files are renamed many at a time, so that their commits share transactions.
+    let mut report = Downgrade::default();
+    // 3.x could not find the file of a record whose version cannot be read: it is named, and
+    // left as it is.
+    for (id, err) in &versioned.unreadable {
+      let id = id
+        .as_ref()
+        .map_or_else(|text| text.clone(), |id| id.as_str().to_owned());
+      report.failed.push((id, err.message().to_owned()));
+    }
     let versioned: Vec<_> = versioned
+      .named
       .into_iter()
       .filter(|(_, version)| *version != FileVersion::Legacy)
       .collect();
-    let mut report = Downgrade::default();
     for chunk in versioned.chunks(256) {
       let mut tasks = tokio::task::JoinSet::new();
       for (id, version) in chunk.iter().cloned() {
@@ -957,6 +1039,9 @@ impl Call {
   }
 }
 
+/// Held while a rotation runs.
+type RotationClaim = tokio::sync::OwnedMutexGuard<()>;
+
 /// Re-wrapped keys per commit during a rotation.
 const ROTATION_BATCH: usize = 256;
 
@@ -984,6 +1069,8 @@ pub struct Verification {
   pub orphans: Vec<PathBuf>,
   /// Orphans removed (`repair`).
   pub removed: usize,
+  /// Orphans `repair` could not remove: (path, why).
+  pub unremoved: Vec<(PathBuf, String)>,
   /// What SQLite's quick check reported; empty when the database is sound.
   pub database: Vec<String>,
 }
@@ -1042,7 +1129,7 @@ fn read_image_file(path: &str) -> Result<Vec<u8>> {
   };
   if path.is_empty() || path.contains('\0') {
     return Err(unreadable(
-      "expected a file path without NUL characters".into(),
+      "expected a non-empty file path without NUL characters".into(),
     ));
   }
   let metadata = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
