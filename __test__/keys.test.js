@@ -13,6 +13,7 @@ const {
   closePixstoreBackend,
   saveImage,
   updateImage,
+  deleteImage,
   readImage,
   getImageRecord,
   rotateMasterKey,
@@ -242,6 +243,59 @@ test('rotation leaves no plain key in the database file, and a second rotation a
     env: { ...process.env, PIXSTORE_MASTER_KEY: KEY_A.toString('base64') },
   })
   expect(JSON.parse(child.stdout).error).toBe('MASTER_KEY_REQUIRED')
+})
+
+test('a record whose key cannot be read stops a rotation, naming it; once it is gone the rotation finishes', async () => {
+  const { config } = freshStore()
+  initPixstoreBackend({ ...config, masterKey: KEY_A })
+  const saved = []
+  for (const name of ['1-pixel.png', 'thumb-64.jpg', 'vilnius-800.webp']) {
+    saved.push({ record: await saveImage(asset(name)), bytes: asset(name) })
+  }
+  await closePixstoreBackend()
+  const [damagedMeta, ...healthy] = saved
+  sql(
+    config.databasePath,
+    `UPDATE image_records SET meta = x'00' WHERE id = '${damagedMeta.record.id}'`,
+  )
+  // A row no call can reach: its id is not text.
+  sql(config.databasePath, "INSERT INTO image_records(id, token, meta) VALUES (x'ff', 1, '{}')")
+  const blobRow = sql(
+    config.databasePath,
+    "SELECT rowid FROM image_records WHERE typeof(id) = 'blob'",
+  )
+
+  initPixstoreBackend({ ...config, masterKey: KEY_A })
+  const stopped = await rotateMasterKey(KEY_B).catch((err) => err)
+  expect([stopped.code, stopped.message]).toEqual([
+    'INTEGRITY_ERROR',
+    `The record of image ${damagedMeta.record.id} has an unreadable meta column: not JSON`,
+  ])
+  for (const { record, bytes } of healthy) {
+    expect(Buffer.from(await readImage(record.id)).equals(bytes)).toBe(true)
+  }
+  expect(await deleteImage(damagedMeta.record.id)).toBe(true)
+
+  const unreachable = await rotateMasterKey(KEY_B).catch((err) => err)
+  expect([unreachable.code, unreachable.message]).toEqual([
+    'INTEGRITY_ERROR',
+    `The record in row ${blobRow} of image_records has an id this version cannot read (a Blob ` +
+      'value), so no call can reach it and its key cannot be re-wrapped: delete that row ' +
+      `(DELETE FROM image_records WHERE rowid = ${blobRow}) or restore it from a backup, then ` +
+      'call rotateMasterKey again',
+  ])
+  sql(config.databasePath, `DELETE FROM image_records WHERE rowid = ${blobRow}`)
+
+  expect(await rotateMasterKey(KEY_B)).toEqual({ rewrapped: 2 })
+  await closePixstoreBackend()
+  expect(initError({ ...config, masterKey: KEY_A }).code).toBe('WRONG_MASTER_KEY')
+  initPixstoreBackend({ ...config, masterKey: KEY_B })
+  for (const { record, bytes } of healthy) {
+    expect(Buffer.from(await readImage(record.id)).equals(bytes)).toBe(true)
+  }
+  expect(metaColumns(config.databasePath).every((meta) => meta.includes(fingerprint(KEY_B)))).toBe(
+    true,
+  )
 })
 
 test('rotation re-wraps every key while reads and writes go on, and the old key stops opening the store', async () => {

@@ -608,34 +608,55 @@ fn keyring_for(
 }
 
 /// Up to `limit` records after `after` (a rowid) whose keys are not wrapped under `target`
-/// (`None`: whose keys are wrapped at all): (rowid, id, meta column).
+/// (`None`: whose keys are wrapped at all): (rowid, then the id and meta column, or why they
+/// cannot be read). A damaged row is listed, not skipped: a rotation cannot end while it stands.
 pub fn not_wrapped_under(
   conn: &Connection,
   target: Option<&str>,
   after: i64,
   limit: usize,
-) -> Result<Vec<(i64, ImageId, String)>> {
+) -> Result<Vec<(i64, Result<(ImageId, String)>)>> {
   let (condition, needle) = wrapped_condition(target);
   let sql = format!(
     "SELECT rowid, id, meta FROM image_records WHERE rowid > ?1 AND {condition} \
      ORDER BY rowid LIMIT ?3"
   );
-  let rows: Vec<(i64, String, String)> = conn
+  conn
     .prepare_cached(&sql)
     .and_then(|mut stmt| {
       stmt
         .query_map(params![after, needle, limit as i64], |row| {
-          Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+          let rowid: i64 = row.get(0)?;
+          let id = match row.get_ref(1)? {
+            ValueRef::Text(text) => {
+              let text = String::from_utf8_lossy(text);
+              ImageId::parse(&text).map_err(|_| quote(&text))
+            }
+            other => Err(format!("a {} value", other.data_type())),
+          };
+          let read = match id {
+            Err(shown) => Err(Error::new(
+              ErrorKind::Integrity,
+              format!(
+                "The record in row {rowid} of image_records has an id this version cannot read \
+                 ({shown}), so no call can reach it and its key cannot be re-wrapped: delete \
+                 that row (DELETE FROM image_records WHERE rowid = {rowid}) or restore it from \
+                 a backup, then call rotateMasterKey again"
+              ),
+            )),
+            Ok(id) => match row.get_ref(2)? {
+              ValueRef::Text(meta) => Ok((id, String::from_utf8_lossy(meta).into_owned())),
+              _ => Err(Error::new(
+                ErrorKind::Integrity,
+                format!("The record of image {id} has an unreadable meta column: not JSON"),
+              )),
+            },
+          };
+          Ok((rowid, read))
         })?
         .collect()
     })
-    .map_err(|e| Error::database("list the records to re-wrap", &e))?;
-  Ok(
-    rows
-      .into_iter()
-      .filter_map(|(row, id, meta)| Some((row, ImageId::parse(&id).ok()?, meta)))
-      .collect(),
-  )
+    .map_err(|e| Error::database("list the records to re-wrap", &e))
 }
 
 /// The SQL condition, with its one parameter `?2`, of a meta column not wrapped under `target`.
@@ -1178,7 +1199,6 @@ fn rewrap(
   Ok(Outcome::Rewrapped { count })
 }
 
-/// The token and file version of an id's record, inside a transaction.
 /// The token and file version of `id`'s record, each as far as its column can be read: a damaged
 /// column fails only the change that needs it. The outer error is SQLite's, and fails the batch.
 fn current(tx: &rusqlite::Transaction, id: &ImageId) -> Result<Option<Columns>> {

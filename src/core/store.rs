@@ -168,17 +168,25 @@ impl Store {
     let started = std::thread::Builder::new()
       .name("pixstore-sweep".into())
       .spawn(move || {
+        // Whatever becomes of the sweep, even a panic, a check waiting for it and a close
+        // waiting for this call go on.
+        struct Over<'a>(&'a Store);
+        impl Drop for Over<'_> {
+          fn drop(&mut self) {
+            self.0.sweep_over();
+            self.0.gate.release();
+          }
+        }
+        let _over = Over(&sweeper);
         // Nobody waits for these results: orphans left now are removed by the next sweep, and
         // a rotation cut short again resumes at the next start.
         let _ = sweeper.sweep();
-        *sweeper.swept.0.lock().expect("sweep lock") = true;
-        sweeper.swept.1.notify_all();
+        sweeper.sweep_over();
         if let Some(target) = resume {
           if let Ok(claim) = sweeper.claim_rotation() {
             let _ = sweeper.rotate(Some(target), claim);
           }
         }
-        sweeper.gate.release();
       });
     if let Err(e) = started {
       store.gate.release();
@@ -602,11 +610,16 @@ impl Store {
         let rows = self.reads.with(|conn| {
           records::not_wrapped_under(conn, fingerprint.as_deref(), after, ROTATION_BATCH)
         })?;
-        let Some(&(last, _, _)) = rows.last() else {
+        let Some(&(last, _)) = rows.last() else {
           break;
         };
         after = last;
-        let records = rows.into_iter().map(|(_, id, meta)| (id, meta)).collect();
+        // A record whose id or meta cannot be read stops the rotation, naming it: its key
+        // cannot be re-wrapped, and the old key must stay until it is deleted or restored.
+        let records = rows
+          .into_iter()
+          .map(|(_, read)| read)
+          .collect::<Result<Vec<_>>>()?;
         if let Outcome::Rewrapped { count } =
           self.records.commit_blocking(Change::Rewrap { records })?
         {
@@ -627,12 +640,21 @@ impl Store {
   /// Checks every record's file and the database, and lists files no record names; with
   /// `repair`, removes those. Files of live writers are left out: their records may be about
   /// to commit. `progress` hears (records checked, records in all). Blocks.
+  /// Lets the checks waiting for the start-up sweep go on.
+  fn sweep_over(&self) {
+    let (done, ended) = &self.swept;
+    *done.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+    ended.notify_all();
+  }
+
   fn verify(&self, repair: bool, progress: &dyn Fn(usize, usize)) -> Result<Verification> {
     let (done, ended) = &self.swept;
     drop(
       ended
-        .wait_while(done.lock().expect("sweep lock"), |done| !*done)
-        .expect("sweep lock"),
+        .wait_while(done.lock().unwrap_or_else(|p| p.into_inner()), |done| {
+          !*done
+        })
+        .unwrap_or_else(|p| p.into_inner()),
     );
     let mut report = Verification {
       database: self.reads.with(records::quick_check)?,
