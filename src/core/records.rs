@@ -607,6 +607,9 @@ fn keyring_for(
   Ok((ring, adopted))
 }
 
+/// A record a rotation re-wraps: its id and meta column.
+pub type ToRewrap = (ImageId, String);
+
 /// Up to `limit` records after `after` (a rowid) whose keys are not wrapped under `target`
 /// (`None`: whose keys are wrapped at all): (rowid, then the id and meta column, or why they
 /// cannot be read). A damaged row is listed, not skipped: a rotation cannot end while it stands.
@@ -615,7 +618,7 @@ pub fn not_wrapped_under(
   target: Option<&str>,
   after: i64,
   limit: usize,
-) -> Result<Vec<(i64, Result<(ImageId, String)>)>> {
+) -> Result<Vec<(i64, Result<ToRewrap>)>> {
   let (condition, needle) = wrapped_condition(target);
   let sql = format!(
     "SELECT rowid, id, meta FROM image_records WHERE rowid > ?1 AND {condition} \
