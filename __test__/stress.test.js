@@ -2,7 +2,7 @@
 
 // The stress test, with Node's cluster module: four worker processes open one store at once and
 // for PIXSTORE_STRESS_SECONDS (default 30) save, update, read, look up, check and delete real
-// images, eight calls in flight each, on ids of their own and on shared ids they race on
+// images under a master key, eight calls in flight each, on ids of their own and on shared ids they race on
 // (fixtures/stress-primary.js and stress-worker.js). No error may reach a caller (no
 // SQLITE_BUSY, DATABASE_ERROR or STORAGE_ERROR, nothing) but NOT_FOUND from an update of a
 // shared id that some worker deleted, and every outcome must be the one expected. Afterwards,
@@ -10,6 +10,7 @@
 // deleted id may be found, and the image root must hold one file per record and nothing else.
 
 const { spawn, execFileSync } = require('node:child_process')
+const crypto = require('node:crypto')
 const fs = require('node:fs')
 const path = require('node:path')
 
@@ -166,7 +167,9 @@ function summary() {
 
 beforeAll(async () => {
   await closePixstoreBackend()
-  store = freshStore()
+  // Under a master key, so that the wrapping runs under the same load (given as base64: the
+  // workers read their configuration as JSON).
+  store = freshStore({ masterKey: crypto.randomBytes(32).toString('base64') })
 })
 
 afterAll(async () => {
@@ -266,6 +269,10 @@ test('with every worker closed, the image root holds one file per record and not
   const expected = rows.map(([id, version]) => fileOf(id, version)).sort()
   expect(encryptedFiles(store.config.imageRootDir)).toEqual(expected)
   expect(rows.map(([id]) => id).sort()).toEqual([...expectedRecords().keys()].sort())
+  // Every key was wrapped before it reached SQLite.
+  expect(
+    databaseRows(`SELECT count(*) FROM image_records WHERE meta NOT LIKE '%"wrappedKey"%'`),
+  ).toEqual([['0']])
 })
 
 test('every record decrypts to the last image written to it, and no deleted id is found', async () => {
