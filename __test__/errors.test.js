@@ -300,7 +300,7 @@ describe('TypeErrors name the function, the parameter, what was expected and wha
     [
       'saveImage(png, 7)',
       () => saveImage(png, 7),
-      'saveImage: dir must be a string or undefined, received the number 7',
+      'saveImage: dir must be a string, null or undefined, received the number 7',
     ],
     [
       "saveImageFromFile(Buffer.from('x'))",
@@ -310,7 +310,7 @@ describe('TypeErrors name the function, the parameter, what was expected and wha
     [
       "saveImageFromFile('/tmp/x.png', {})",
       () => saveImageFromFile('/tmp/x.png', {}),
-      'saveImageFromFile: dir must be a string or undefined, received an object (Object)',
+      'saveImageFromFile: dir must be a string, null or undefined, received an object (Object)',
     ],
     [
       'updateImage(1, png)',

@@ -38,7 +38,7 @@ function string(fn, name, value) {
 
 function optionalString(fn, name, value) {
   if (value === undefined || value === null) return undefined
-  if (typeof value !== 'string') throw fail(fn, name, 'a string or undefined', value)
+  if (typeof value !== 'string') throw fail(fn, name, 'a string, null or undefined', value)
   return value
 }
 
