@@ -478,6 +478,7 @@ impl RecordFiles {
   }
 }
 
+/// Every record's id and file version, each as far as it can be read.
 pub fn all_files(conn: &Connection) -> Result<RecordFiles> {
   let rows = file_rows(
     conn,

@@ -637,9 +637,6 @@ impl Store {
     }
   }
 
-  /// Checks every record's file and the database, and lists files no record names; with
-  /// `repair`, removes those. Files of live writers are left out: their records may be about
-  /// to commit. `progress` hears (records checked, records in all). Blocks.
   /// Lets the checks waiting for the start-up sweep go on.
   fn sweep_over(&self) {
     let (done, ended) = &self.swept;
@@ -647,6 +644,10 @@ impl Store {
     ended.notify_all();
   }
 
+  /// Checks every record's file and the database, and lists files no record names; with
+  /// `repair`, removes those. Files of live writers are left out: their records may be about
+  /// to commit. It starts once the start-up sweep is over. `progress` hears (records checked,
+  /// records in all). Blocks.
   fn verify(&self, repair: bool, progress: &dyn Fn(usize, usize)) -> Result<Verification> {
     let (done, ended) = &self.swept;
     drop(
