@@ -446,13 +446,16 @@ impl Staged {
       let fd = file.as_raw_fd();
       // SAFETY: fcntl on a descriptor this function borrows open; no memory is passed.
       let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+      if flags < 0 {
+        return Err(io::Error::last_os_error());
+      }
       let flags = if on {
         flags | libc::O_DIRECT
       } else {
         flags & !libc::O_DIRECT
       };
       // SAFETY: as above.
-      if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+      if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
         return Err(io::Error::last_os_error());
       }
       Ok(())

@@ -463,18 +463,21 @@ impl RecordFiles {
     self.unreadable.iter().any(|(id, _)| id.is_err())
   }
 
-  /// The ids of every record whose id can be read, its file version or not.
-  pub fn ids(&self) -> HashSet<&ImageId> {
-    let unreadable = self
+  /// The ids of the records whose id can be read but not their file version: such a record may
+  /// name any file of its id.
+  pub fn unreadable_ids(&self) -> HashSet<&ImageId> {
+    self
       .unreadable
       .iter()
-      .filter_map(|(id, _)| id.as_ref().ok());
-    self
-      .named
-      .iter()
-      .map(|(id, _)| id)
-      .chain(unreadable)
+      .filter_map(|(id, _)| id.as_ref().ok())
       .collect()
+  }
+
+  /// The ids of every record whose id can be read, its file version or not.
+  pub fn ids(&self) -> HashSet<&ImageId> {
+    let mut ids = self.unreadable_ids();
+    ids.extend(self.named.iter().map(|(id, _)| id));
+    ids
   }
 }
 

@@ -420,11 +420,7 @@ impl Store {
     let named: HashSet<(ImageId, FileVersion)> = files.named.iter().cloned().collect();
     // A record whose file version cannot be read may name any file of its id; one whose id
     // cannot be read, any file at all.
-    let unreadable: HashSet<&ImageId> = files
-      .unreadable
-      .iter()
-      .filter_map(|(id, _)| id.as_ref().ok())
-      .collect();
+    let unreadable = files.unreadable_ids();
     let lost_an_id = files.lost_an_id();
 
     let mut report = SweepReport::default();
@@ -734,11 +730,7 @@ impl Store {
     let now = self.reads.with(records::all_files)?;
     let named: HashSet<(ImageId, FileVersion)> = now.named.iter().cloned().collect();
     let recorded = now.ids();
-    let unreadable: HashSet<&ImageId> = now
-      .unreadable
-      .iter()
-      .filter_map(|(id, _)| id.as_ref().ok())
-      .collect();
+    let unreadable = now.unreadable_ids();
     for file in &found {
       let kept = named.contains(&(file.id.clone(), file.version.clone()))
         || file.writer().is_some_and(|writer| live.contains(writer))
