@@ -60,14 +60,17 @@ impl Meta {
     }
   }
 
+  /// The error of a `meta` column of the record `id` that cannot be read, and why.
+  pub fn unreadable(id: &str, why: &str) -> Error {
+    Error::new(
+      ErrorKind::Integrity,
+      format!("The record of image {id} has an unreadable meta column: {why}"),
+    )
+  }
+
   /// Reads the `meta` column of the record `id`, unwrapping its key with the keyring.
   pub fn from_column(text: &str, id: &str, ring: &Keyring) -> Result<Self> {
-    let corrupt = |why: &str| {
-      Error::new(
-        ErrorKind::Integrity,
-        format!("The record of image {id} has an unreadable meta column: {why}"),
-      )
-    };
+    let corrupt = |why: &str| Self::unreadable(id, why);
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| corrupt("not JSON"))?;
     let text_field = |name: &str| -> Result<&str> {
       value

@@ -261,9 +261,20 @@ pub fn trash(conn: &Connection) -> Result<Vec<(i64, ImageId, FileVersion)>> {
   )
 }
 
-/// The id column of a row as this version reads it, or its text (or a description) when the id
-/// is not one this version accepts.
+/// The id column of a row as this version reads it, or, when the id is not one this version
+/// accepts, its text quoted (or its type) for a message.
 type IdColumn = std::result::Result<ImageId, String>;
+
+/// An `id` column, read without trusting its type.
+fn id_column(value: ValueRef<'_>) -> IdColumn {
+  match value {
+    ValueRef::Text(text) => {
+      let text = String::from_utf8_lossy(text);
+      ImageId::parse(&text).map_err(|_| quote(&text))
+    }
+    other => Err(format!("a {} value", other.data_type())),
+  }
+}
 
 /// Rows of (rowid, id, file version) that `sql` selects, each column as far as it can be read:
 /// a damaged row is the caller's to judge, it does not fail the listing.
@@ -277,13 +288,7 @@ fn file_rows(
     .and_then(|mut stmt| {
       stmt
         .query_map([], |row| {
-          let id = match row.get_ref(1)? {
-            ValueRef::Text(text) => {
-              let text = String::from_utf8_lossy(text);
-              ImageId::parse(&text).map_err(|_| text.into_owned())
-            }
-            other => Err(format!("(a {} value)", other.data_type())),
-          };
+          let id = id_column(row.get_ref(1)?);
           let named = id
             .as_ref()
             .map_or_else(|text| text.as_str(), ImageId::as_str);
@@ -497,8 +502,7 @@ pub fn all_files(conn: &Connection) -> Result<RecordFiles> {
         let err = Error::new(
           ErrorKind::Integrity,
           format!(
-            "The record in row {row} of image_records has an id this version cannot read: {}",
-            quote(&text)
+            "The record in row {row} of image_records has an id this version cannot read: {text}"
           ),
         );
         files.unreadable.push((Err(text), err));
@@ -634,14 +638,7 @@ pub fn not_wrapped_under(
       stmt
         .query_map(params![after, needle, limit as i64], |row| {
           let rowid: i64 = row.get(0)?;
-          let id = match row.get_ref(1)? {
-            ValueRef::Text(text) => {
-              let text = String::from_utf8_lossy(text);
-              ImageId::parse(&text).map_err(|_| quote(&text))
-            }
-            other => Err(format!("a {} value", other.data_type())),
-          };
-          let read = match id {
+          let read = match id_column(row.get_ref(1)?) {
             Err(shown) => Err(Error::new(
               ErrorKind::Integrity,
               format!(
@@ -653,10 +650,7 @@ pub fn not_wrapped_under(
             )),
             Ok(id) => match row.get_ref(2)? {
               ValueRef::Text(meta) => Ok((id, String::from_utf8_lossy(meta).into_owned())),
-              _ => Err(Error::new(
-                ErrorKind::Integrity,
-                format!("The record of image {id} has an unreadable meta column: not JSON"),
-              )),
+              _ => Err(Meta::unreadable(id.as_str(), "not JSON")),
             },
           };
           Ok((rowid, read))
